@@ -1,0 +1,155 @@
+//! The model bundle: one `.safetensors` file with both networks and metadata.
+//!
+//! Tensors keep their libraries' names under `detector.` (ultralytics) and
+//! `classifier.` (timm). The safetensors header's metadata holds one JSON
+//! document under the key `pear_bundle`: what each network is, its class
+//! names and input size, the classifier's channel order and normalisation,
+//! and where the weights came from. Written by `tools/convert.py`.
+
+use super::weights::Weights;
+use super::{ModelError, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const FORMAT: &str = "pear-bundle/1";
+pub const META_KEY: &str = "pear_bundle";
+
+fn d_stride() -> usize {
+    32
+}
+fn d_conf() -> f32 {
+    0.25
+}
+fn d_iou() -> f32 {
+    0.7
+}
+fn d_max_det() -> usize {
+    300
+}
+fn d_eps() -> f64 {
+    1e-3
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetectorMeta {
+    /// Always "yolov8".
+    pub arch: String,
+    /// n, s, m, l, x, or a description of a custom width/depth.
+    #[serde(default)]
+    pub scale: String,
+    pub class_names: Vec<String>,
+    /// Letterbox size (ultralytics' `imgsz`, from the checkpoint's training args).
+    pub imgsz: usize,
+    #[serde(default = "d_stride")]
+    pub stride: usize,
+    /// Detector class that is the fruit.
+    #[serde(default)]
+    pub fruit_class: usize,
+    #[serde(default = "d_eps")]
+    pub bn_eps: f64,
+    #[serde(default = "d_conf")]
+    pub conf: f32,
+    #[serde(default = "d_iou")]
+    pub iou: f32,
+    #[serde(default = "d_max_det")]
+    pub max_det: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    Rgb,
+    /// What the original server fed its classifier (a BGR crop handed to PIL as RGB).
+    Bgr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierMeta {
+    /// Always "efficientnet".
+    pub arch: String,
+    #[serde(default)]
+    pub variant: String,
+    pub class_names: Vec<String>,
+    /// The crop's shorter side is resized to this.
+    pub input_size: usize,
+    pub channel_order: ChannelOrder,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleMeta {
+    pub format: String,
+    pub detector: DetectorMeta,
+    pub classifier: ClassifierMeta,
+    /// Suggested minimum detection score for the pipeline (the server's config wins).
+    #[serde(default)]
+    pub confidence_threshold: Option<f32>,
+    /// Free text: where the weights came from.
+    #[serde(default)]
+    pub source: String,
+}
+
+impl BundleMeta {
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::BadMetadata(m));
+        if self.format != FORMAT {
+            return bad(format!("format is '{}', expected '{FORMAT}'", self.format));
+        }
+        if self.detector.arch != "yolov8" {
+            return bad(format!("detector.arch '{}' is not supported (yolov8)", self.detector.arch));
+        }
+        if self.classifier.arch != "efficientnet" {
+            return bad(format!("classifier.arch '{}' is not supported (efficientnet)", self.classifier.arch));
+        }
+        let d = &self.detector;
+        if d.stride == 0 || d.imgsz < d.stride || d.imgsz > 4096 {
+            return bad(format!("detector.imgsz {} must be between stride {} and 4096", d.imgsz, d.stride));
+        }
+        if d.fruit_class >= d.class_names.len() {
+            return bad(format!("detector.fruit_class {} but only {} classes", d.fruit_class, d.class_names.len()));
+        }
+        let c = &self.classifier;
+        if c.input_size < 32 || c.input_size > 2048 {
+            return bad(format!("classifier.input_size {} must be within 32..=2048", c.input_size));
+        }
+        if c.class_names.is_empty() {
+            return bad("classifier.class_names is empty".into());
+        }
+        if c.std.iter().any(|s| !(*s > 0.0)) {
+            return bad("classifier.std must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// A parsed bundle: metadata plus the two networks' tensors.
+pub struct Bundle {
+    pub meta: BundleMeta,
+    pub detector: Weights,
+    pub classifier: Weights,
+}
+
+impl Bundle {
+    pub fn load(path: &Path, dev: &Device) -> Result<Self> {
+        let bytes = std::fs::read(path)?;
+        Self::from_bytes(&bytes, dev)
+    }
+
+    pub fn from_bytes(bytes: &[u8], dev: &Device) -> Result<Self> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+            .map_err(|e| ModelError::NotABundle(format!("not a safetensors file ({e})")))?;
+        let meta_json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| ModelError::NotABundle(format!("safetensors metadata has no '{META_KEY}' entry")))?;
+        let meta: BundleMeta = serde_json::from_str(meta_json).map_err(|e| ModelError::BadMetadata(e.to_string()))?;
+        meta.validate()?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, dev)
+            .map_err(|e| ModelError::NotABundle(format!("cannot read tensors ({e})")))?;
+        let weights = Weights::new(tensors, dev)?;
+        Ok(Bundle { meta, detector: weights.pp("detector"), classifier: weights.pp("classifier") })
+    }
+}

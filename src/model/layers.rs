@@ -1,0 +1,155 @@
+//! Convolution building blocks shared by both networks.
+//!
+//! Batch norm is folded into the preceding convolution at load time
+//! (w' = w * g/sqrt(v+eps), b' = beta - mean * g/sqrt(v+eps)): the same function,
+//! one pass fewer. 1x1 convolutions run as a matrix product (no im2col copy),
+//! depthwise ones through our own kernel, the rest through candle's conv2d.
+
+use super::depthwise::DepthwiseConv2d;
+use super::weights::Weights;
+use super::{ModelError, Result};
+use candle_core::{Device, Module, Tensor, D};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Silu,
+}
+
+impl Act {
+    fn apply(self, x: Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Act::None => Ok(x),
+            Act::Silu => candle_nn::ops::silu(&x),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// weight (O, I), bias (O, 1)
+    Pointwise { w: Tensor, b: Tensor },
+    Depthwise(DepthwiseConv2d),
+    /// weight (O, I/groups, k, k), bias (1, O, 1, 1)
+    General { w: Tensor, b: Tensor, groups: usize },
+}
+
+/// A convolution with its batch norm folded in, and an activation.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    kind: Kind,
+    /// Also used for the general path when the depthwise kernel cannot run (GPU).
+    fallback: Option<(Tensor, Tensor)>,
+    stride: usize,
+    pad: usize,
+    act: Act,
+    pub in_channels: usize,
+    pub out_channels: usize,
+}
+
+impl Conv {
+    /// Conv without bias at `conv.weight`, batch norm at `bn` (eps given), padding k/2.
+    pub fn load_bn(conv: &Weights, bn: &Weights, eps: f64, stride: usize, act: Act) -> Result<Self> {
+        let w = conv.get_rank("weight", 4)?;
+        let (o, ..) = w.dims4()?;
+        let gamma = bn.get_shape("weight", &[o])?;
+        let beta = bn.get_shape("bias", &[o])?;
+        let mean = bn.get_shape("running_mean", &[o])?;
+        let var = bn.get_shape("running_var", &[o])?;
+        let scale = (gamma / (var + eps)?.sqrt()?)?;
+        let w = w.broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
+        let b = (beta - (mean * &scale)?)?;
+        Self::from_parts(w, b, stride, act)
+    }
+
+    /// Plain convolution with bias (`weight`, `bias`), padding k/2.
+    pub fn load_plain(vb: &Weights, stride: usize, act: Act) -> Result<Self> {
+        let w = vb.get_rank("weight", 4)?;
+        let b = vb.get_shape("bias", &[w.dim(0)?])?;
+        Self::from_parts(w, b, stride, act)
+    }
+
+    pub fn from_parts(w: Tensor, b: Tensor, stride: usize, act: Act) -> Result<Self> {
+        let (o, i_per_group, kh, kw) = w.dims4()?;
+        if kh != kw {
+            return Err(ModelError::BadMetadata(format!("non-square kernel {kh}x{kw}")));
+        }
+        let pad = kh / 2;
+        let on_cpu = matches!(w.device(), Device::Cpu);
+        let (kind, fallback, in_channels) = if kh == 1 && stride == 1 {
+            let kind = Kind::Pointwise { w: w.reshape((o, i_per_group))?, b: b.reshape((o, 1))? };
+            (kind, None, i_per_group)
+        } else if i_per_group == 1 && o > 1 && on_cpu {
+            let kind = Kind::Depthwise(DepthwiseConv2d::new(&w, &b, stride, pad, act == Act::Silu)?);
+            (kind, Some((w.clone(), b.reshape((1, o, 1, 1))?)), o)
+        } else if i_per_group == 1 && o > 1 {
+            (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: o }, None, o)
+        } else {
+            (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: 1 }, None, i_per_group)
+        };
+        Ok(Conv { kind, fallback, stride, pad, act, in_channels, out_channels: o })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.kind {
+            Kind::Pointwise { w, b } => {
+                let (n, c, h, wd) = x.dims4()?;
+                let flat = x.contiguous()?.reshape((n, c, h * wd))?;
+                let y = w.broadcast_matmul(&flat)?.broadcast_add(b)?;
+                self.act.apply(y.reshape((n, self.out_channels, h, wd))?)
+            }
+            Kind::Depthwise(op) => match x.device() {
+                Device::Cpu => op.forward(x), // bias and SiLU fused in the kernel
+                _ => {
+                    let (w, b) = self.fallback.as_ref().ok_or_else(|| candle_core::Error::Msg("no fallback".into()))?;
+                    let y = x.conv2d(w, self.pad, self.stride, 1, self.out_channels)?.broadcast_add(b)?;
+                    self.act.apply(y)
+                }
+            },
+            Kind::General { w, b, groups } => {
+                let y = x.conv2d(w, self.pad, self.stride, 1, *groups)?.broadcast_add(b)?;
+                self.act.apply(y)
+            }
+        }
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        Conv::forward(self, xs)
+    }
+}
+
+/// Fully connected layer `y = x W^T + b` for (N, in) inputs.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    wt: Tensor,
+    b: Tensor,
+}
+
+impl Linear {
+    /// From a (out, in) weight, or a (out, in, 1, 1) 1x1-conv weight.
+    pub fn load(vb: &Weights) -> Result<Self> {
+        let w = vb.get("weight")?;
+        let w = match w.rank() {
+            2 => w,
+            4 => w.flatten_from(1)?,
+            _ => return Err(ModelError::BadShape { name: "weight".into(), expected: "rank 2 or 4".into(), got: w.dims().to_vec() }),
+        };
+        let b = vb.get_shape("bias", &[w.dim(0)?])?;
+        Ok(Linear { wt: w.t()?.contiguous()?, b })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.b.dims()[0]
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.wt)?.broadcast_add(&self.b)
+    }
+}
+
+/// Mean over the spatial dims: (N, C, H, W) -> (N, C).
+pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.flatten_from(2)?.mean(D::Minus1)
+}

@@ -1,0 +1,41 @@
+//! The two-stage model, pure math: YOLOv8 finds the pear, EfficientNet judges it.
+//!
+//! `bundle` reads the one-file model format, `weights` hands tensors to the
+//! layers, `yolo` and `efficientnet` are the networks (candle, one struct per
+//! layer), `depthwise` is our CPU depthwise convolution, `preprocess` and
+//! `nms` reproduce ultralytics' and PIL's image handling bit for bit, and
+//! `pipeline` strings them together the way the original server did.
+
+pub mod bundle;
+pub mod depthwise;
+pub mod efficientnet;
+pub mod layers;
+pub mod nms;
+pub mod pipeline;
+pub mod preprocess;
+pub mod weights;
+pub mod yolo;
+
+pub use bundle::{Bundle, BundleMeta};
+pub use pipeline::{Inspection, Pipeline};
+
+/// Everything that can go wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a pear-server model bundle: {0}")]
+    NotABundle(String),
+    #[error("model bundle is missing tensor '{0}'")]
+    MissingTensor(String),
+    #[error("tensor '{name}' has shape {got:?}, expected {expected}")]
+    BadShape { name: String, expected: String, got: Vec<usize> },
+    #[error("invalid model metadata: {0}")]
+    BadMetadata(String),
+    #[error("cannot decode image: {0}")]
+    Image(String),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;

@@ -1,0 +1,287 @@
+//! ultralytics YOLOv8 detection (any scale n/s/m/l/x, any class count).
+//!
+//! Tensor names are ultralytics' own (`model.{i}...`), so a converted
+//! checkpoint loads unchanged. Widths and repeats are read from the tensors;
+//! the topology (which layer feeds which, strides) is YOLOv8's fixed yaml.
+//! Differences from candle's example that change answers, all fixed here:
+//! SPPF pads its max-pool with -inf (not zeros), and the DFL projection is
+//! read from the checkpoint.
+
+use super::layers::{Act, Conv};
+use super::weights::Weights;
+use super::{ModelError, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// Output strides of the three detection levels (P3, P4, P5).
+pub const STRIDES: [usize; 3] = [8, 16, 32];
+
+/// ultralytics `Conv`: conv + BN + SiLU, padding k/2.
+fn conv(vb: &Weights, eps: f64, stride: usize) -> Result<Conv> {
+    Conv::load_bn(&vb.pp("conv"), &vb.pp("bn"), eps, stride, Act::Silu)
+}
+
+#[derive(Debug, Clone)]
+pub struct Bottleneck {
+    cv1: Conv,
+    cv2: Conv,
+    add: bool,
+}
+
+impl Bottleneck {
+    pub fn load(vb: &Weights, eps: f64, shortcut: bool) -> Result<Self> {
+        let cv1 = conv(&vb.pp("cv1"), eps, 1)?;
+        let cv2 = conv(&vb.pp("cv2"), eps, 1)?;
+        let add = shortcut && cv1.in_channels == cv2.out_channels;
+        Ok(Bottleneck { cv1, cv2, add })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.cv2.forward(&self.cv1.forward(x)?)?;
+        if self.add { y + x } else { Ok(y) }
+    }
+}
+
+/// CSP bottleneck with two convolutions, all intermediate outputs concatenated.
+#[derive(Debug, Clone)]
+pub struct C2f {
+    cv1: Conv,
+    cv2: Conv,
+    m: Vec<Bottleneck>,
+    hidden: usize,
+}
+
+impl C2f {
+    pub fn load(vb: &Weights, eps: f64, shortcut: bool) -> Result<Self> {
+        let cv1 = conv(&vb.pp("cv1"), eps, 1)?;
+        let cv2 = conv(&vb.pp("cv2"), eps, 1)?;
+        let n = vb.count_children("m");
+        let m = (0..n).map(|i| Bottleneck::load(&vb.pp(format!("m.{i}")), eps, shortcut)).collect::<Result<Vec<_>>>()?;
+        let hidden = cv1.out_channels / 2;
+        if cv2.in_channels != (2 + n) * hidden {
+            return Err(ModelError::BadMetadata(format!("C2f cv2 takes {} channels, expected {}", cv2.in_channels, (2 + n) * hidden)));
+        }
+        Ok(C2f { cv1, cv2, m, hidden })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.cv1.forward(x)?;
+        let mut ys = vec![y.narrow(1, 0, self.hidden)?, y.narrow(1, self.hidden, self.hidden)?];
+        for m in &self.m {
+            let next = m.forward(&ys[ys.len() - 1])?;
+            ys.push(next);
+        }
+        self.cv2.forward(&Tensor::cat(&ys, 1)?)
+    }
+}
+
+/// Spatial pyramid pooling (fast): three chained 5x5 max-pools.
+#[derive(Debug, Clone)]
+pub struct Sppf {
+    cv1: Conv,
+    cv2: Conv,
+}
+
+impl Sppf {
+    pub fn load(vb: &Weights, eps: f64) -> Result<Self> {
+        Ok(Sppf { cv1: conv(&vb.pp("cv1"), eps, 1)?, cv2: conv(&vb.pp("cv2"), eps, 1)? })
+    }
+
+    /// 5x5 max-pool, stride 1, padding 2 with -inf as PyTorch pads.
+    fn pool(x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let side = Tensor::full(f32::NEG_INFINITY, (n, c, h, 2), x.device())?;
+        let x = Tensor::cat(&[&side, x, &side], 3)?;
+        let top = Tensor::full(f32::NEG_INFINITY, (n, c, 2, w + 4), x.device())?;
+        let x = Tensor::cat(&[&top, &x, &top], 2)?;
+        x.max_pool2d_with_stride(5, 1)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y0 = self.cv1.forward(x)?;
+        let y1 = Self::pool(&y0)?;
+        let y2 = Self::pool(&y1)?;
+        let y3 = Self::pool(&y2)?;
+        self.cv2.forward(&Tensor::cat(&[y0, y1, y2, y3], 1)?)
+    }
+}
+
+/// One branch of the head: two 3x3 convs (or DWConv+1x1 pairs) and a 1x1 predictor.
+#[derive(Debug, Clone)]
+struct HeadBranch {
+    convs: Vec<Conv>,
+    pred: Conv,
+}
+
+impl HeadBranch {
+    fn load(vb: &Weights, eps: f64) -> Result<Self> {
+        let mut convs = Vec::new();
+        for i in 0..2 {
+            let sub = vb.pp(i);
+            if sub.contains("conv.weight") {
+                convs.push(conv(&sub, eps, 1)?);
+            } else {
+                // Non-legacy head (YOLO11 style): DWConv then 1x1 Conv.
+                convs.push(conv(&sub.pp(0), eps, 1)?);
+                convs.push(conv(&sub.pp(1), eps, 1)?);
+            }
+        }
+        let pred = Conv::load_plain(&vb.pp(2), 1, Act::None)?;
+        Ok(HeadBranch { convs, pred })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        for c in &self.convs {
+            x = c.forward(&x)?;
+        }
+        self.pred.forward(&x)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Detect {
+    boxes: Vec<HeadBranch>,
+    scores: Vec<HeadBranch>,
+    /// DFL projection (reg_max values, 0..reg_max-1 in every checkpoint).
+    proj: Tensor,
+    reg_max: usize,
+    pub num_classes: usize,
+}
+
+impl Detect {
+    pub fn load(vb: &Weights, eps: f64) -> Result<Self> {
+        let boxes = (0..3).map(|i| HeadBranch::load(&vb.pp(format!("cv2.{i}")), eps)).collect::<Result<Vec<_>>>()?;
+        let scores = (0..3).map(|i| HeadBranch::load(&vb.pp(format!("cv3.{i}")), eps)).collect::<Result<Vec<_>>>()?;
+        let proj = vb.get_rank("dfl.conv.weight", 4)?.flatten_all()?;
+        let reg_max = proj.dims()[0];
+        if boxes[0].pred.out_channels != 4 * reg_max {
+            return Err(ModelError::BadMetadata(format!("box head gives {} channels, DFL expects {}", boxes[0].pred.out_channels, 4 * reg_max)));
+        }
+        let num_classes = scores[0].pred.out_channels;
+        Ok(Detect { boxes, scores, proj, reg_max, num_classes })
+    }
+
+    /// Feature maps -> (N, 4 + classes, anchors): xywh in input pixels, then class probabilities.
+    pub fn forward(&self, feats: &[Tensor; 3]) -> candle_core::Result<Tensor> {
+        let n = feats[0].dim(0)?;
+        let mut box_parts = Vec::new();
+        let mut cls_parts = Vec::new();
+        let mut anchors = Vec::new();
+        let mut strides = Vec::new();
+        for (i, f) in feats.iter().enumerate() {
+            let (_, _, h, w) = f.dims4()?;
+            box_parts.push(self.boxes[i].forward(f)?.flatten_from(2)?);
+            cls_parts.push(self.scores[i].forward(f)?.flatten_from(2)?);
+            for y in 0..h {
+                for x in 0..w {
+                    anchors.push((x as f32 + 0.5, y as f32 + 0.5));
+                }
+            }
+            strides.extend(std::iter::repeat_n(STRIDES[i] as f32, h * w));
+        }
+        let total = anchors.len();
+        let dev = feats[0].device();
+        let box_raw = Tensor::cat(&box_parts, 2)?; // (N, 4*reg, A)
+        let cls = candle_nn::ops::sigmoid(&Tensor::cat(&cls_parts, 2)?)?;
+        // DFL: softmax over the reg_max bins of each side, expectation with proj.
+        let dist = candle_nn::ops::softmax(&box_raw.reshape((n, 4, self.reg_max, total))?, 2)?;
+        let dist = dist.broadcast_mul(&self.proj.reshape((1, 1, self.reg_max, 1))?)?.sum(2)?; // (N, 4, A)
+        let ax: Vec<f32> = anchors.iter().map(|a| a.0).chain(anchors.iter().map(|a| a.1)).collect();
+        let anchor = Tensor::from_vec(ax, (1, 2, total), dev)?;
+        let stride = Tensor::from_vec(strides, (1, 1, total), dev)?;
+        let lt = dist.narrow(1, 0, 2)?;
+        let rb = dist.narrow(1, 2, 2)?;
+        let x1y1 = anchor.broadcast_sub(&lt)?;
+        let x2y2 = anchor.broadcast_add(&rb)?;
+        let cxy = ((&x1y1 + &x2y2)? / 2.0)?;
+        let wh = (x2y2 - x1y1)?;
+        let dbox = Tensor::cat(&[cxy, wh], 1)?.broadcast_mul(&stride)?;
+        Tensor::cat(&[dbox, cls], 1)
+    }
+}
+
+/// The whole detector: backbone, neck and head as in yolov8.yaml.
+#[derive(Debug, Clone)]
+pub struct YoloV8 {
+    b0: Conv,
+    b1: Conv,
+    b2: C2f,
+    b3: Conv,
+    b4: C2f,
+    b5: Conv,
+    b6: C2f,
+    b7: Conv,
+    b8: C2f,
+    b9: Sppf,
+    h12: C2f,
+    h15: C2f,
+    h16: Conv,
+    h18: C2f,
+    h19: Conv,
+    h21: C2f,
+    pub detect: Detect,
+    /// Number of bottlenecks in each C2f, in layer order (tells the depth scale).
+    pub repeats: Vec<usize>,
+    /// Output channels of layer 0 (tells the width scale).
+    pub stem_channels: usize,
+}
+
+impl YoloV8 {
+    /// `vb` is the checkpoint's root (holding `model.0...model.22`); `eps` is its BN eps.
+    pub fn load(vb: &Weights, eps: f64) -> Result<Self> {
+        let m = |i: usize| vb.pp(format!("model.{i}"));
+        let b0 = conv(&m(0), eps, 2)?;
+        let c2f = |i: usize, shortcut: bool| C2f::load(&m(i), eps, shortcut);
+        let y = YoloV8 {
+            stem_channels: b0.out_channels,
+            b0,
+            b1: conv(&m(1), eps, 2)?,
+            b2: c2f(2, true)?,
+            b3: conv(&m(3), eps, 2)?,
+            b4: c2f(4, true)?,
+            b5: conv(&m(5), eps, 2)?,
+            b6: c2f(6, true)?,
+            b7: conv(&m(7), eps, 2)?,
+            b8: c2f(8, true)?,
+            b9: Sppf::load(&m(9), eps)?,
+            h12: c2f(12, false)?,
+            h15: c2f(15, false)?,
+            h16: conv(&m(16), eps, 2)?,
+            h18: c2f(18, false)?,
+            h19: conv(&m(19), eps, 2)?,
+            h21: c2f(21, false)?,
+            detect: Detect::load(&m(22), eps)?,
+            repeats: vec![],
+        };
+        let repeats = [&y.b2, &y.b4, &y.b6, &y.b8, &y.h12, &y.h15, &y.h18, &y.h21].iter().map(|c| c.m.len()).collect();
+        Ok(YoloV8 { repeats, ..y })
+    }
+
+    /// (N, 3, H, W) in [0, 1], H and W multiples of 32 -> (N, 4 + classes, anchors).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self.b1.forward(&self.b0.forward(x)?)?;
+        let x = self.b3.forward(&self.b2.forward(&x)?)?;
+        let p3 = self.b4.forward(&x)?;
+        let p4 = self.b6.forward(&self.b5.forward(&p3)?)?;
+        let p5 = self.b9.forward(&self.b8.forward(&self.b7.forward(&p4)?)?)?;
+        let up = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let (_, _, h, w) = t.dims4()?;
+            t.upsample_nearest2d(h * 2, w * 2)
+        };
+        let h12 = self.h12.forward(&Tensor::cat(&[up(&p5)?, p4.clone()], 1)?)?;
+        let o3 = self.h15.forward(&Tensor::cat(&[up(&h12)?, p3], 1)?)?;
+        let o4 = self.h18.forward(&Tensor::cat(&[self.h16.forward(&o3)?, h12], 1)?)?;
+        let o5 = self.h21.forward(&Tensor::cat(&[self.h19.forward(&o4)?, p5], 1)?)?;
+        self.detect.forward(&[o3, o4, o5])
+    }
+}
+
+/// An all-zero input of the given size, for warm-up and shape checks.
+pub fn dummy_input(h: usize, w: usize, dev: &Device) -> candle_core::Result<Tensor> {
+    Tensor::zeros((1, 3, h, w), DType::F32, dev)
+}
+
+#[allow(dead_code)]
+fn _assert_dims(t: &Tensor) -> candle_core::Result<usize> {
+    t.dim(D::Minus1)
+}

@@ -1,0 +1,207 @@
+//! Splits a TCP byte stream into candidate request objects.
+//!
+//! The original server took each socket read as one message, so a request split
+//! across reads, or two requests in one read, were lost. Clients send JSON
+//! objects back to back with nothing, spaces or newlines between them, so the
+//! only reliable boundary is the object's own closing brace. This module finds
+//! it (string- and escape-aware) without any I/O, so it can be fuzzed.
+
+/// One unit cut from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The bytes of one balanced `{...}` object (not yet validated as JSON).
+    Object(Vec<u8>),
+    /// Bytes that cannot start a request; `reason` says why. The stream goes on.
+    Garbage { len: usize, reason: &'static str },
+    /// A request grew past the size limit; the connection should be closed.
+    TooLarge { limit: usize },
+}
+
+/// Incremental framer: `push` bytes as they arrive, then drain `next_frame`.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    max: usize,
+    /// Scan state of the object at the head of `buf`, so a slow client sending
+    /// one byte at a time costs O(n), not O(n^2).
+    scanned: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Framer {
+    pub fn new(max_request_bytes: usize) -> Self {
+        Framer { buf: Vec::new(), max: max_request_bytes.max(2), scanned: 0, depth: 0, in_string: false, escaped: false }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// True when bytes of an unfinished request are waiting.
+    pub fn has_partial(&self) -> bool {
+        self.buf.iter().any(|b| !b.is_ascii_whitespace())
+    }
+
+    /// Next complete frame, or `None` when more bytes are needed.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());
+        match start {
+            None => {
+                self.buf.clear();
+                self.reset_scan();
+                return None;
+            }
+            Some(0) => {}
+            Some(n) => {
+                self.buf.drain(..n);
+                self.scanned = 0;
+            }
+        }
+        match self.buf[0] {
+            b'{' => self.scan_container(b'{', b'}'),
+            b'[' => self.scan_container(b'[', b']'),
+            _ => {
+                // Garbage runs to the next plausible request start or line end.
+                let end = self.buf[1..]
+                    .iter()
+                    .position(|&b| b == b'{' || b == b'[' || b == b'\n')
+                    .map(|i| i + 1 + usize::from(self.buf[i + 1] == b'\n'))
+                    .unwrap_or(self.buf.len());
+                self.buf.drain(..end);
+                self.reset_scan();
+                Some(Frame::Garbage { len: end, reason: "expected a JSON object starting with '{'" })
+            }
+        }
+    }
+
+    /// Called at end of stream: whatever is left is an incomplete request.
+    pub fn finish(&mut self) -> Option<Frame> {
+        if self.has_partial() {
+            let len = self.buf.len();
+            self.buf.clear();
+            self.reset_scan();
+            Some(Frame::Garbage { len, reason: "connection closed in the middle of a request" })
+        } else {
+            None
+        }
+    }
+
+    fn reset_scan(&mut self) {
+        self.scanned = 0;
+        self.depth = 0;
+        self.in_string = false;
+        self.escaped = false;
+    }
+
+    /// Finds the matching `close` for the `open` at buf[0]. Only that pair is
+    /// counted, so `{"a": [}` still ends at its brace and is reported as bad JSON
+    /// instead of swallowing the requests after it.
+    fn scan_container(&mut self, open: u8, close: u8) -> Option<Frame> {
+        let mut i = self.scanned;
+        while i < self.buf.len() {
+            let b = self.buf[i];
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                } else if b == b'\n' {
+                    // JSON strings cannot hold a raw newline: the quote was never closed.
+                    self.buf.drain(..=i);
+                    self.reset_scan();
+                    return Some(Frame::Garbage { len: i + 1, reason: "unterminated string in request" });
+                }
+            } else if b == b'"' {
+                self.in_string = true;
+            } else if b == open {
+                self.depth += 1;
+            } else if b == close {
+                self.depth -= 1;
+                if self.depth == 0 {
+                    let frame: Vec<u8> = self.buf.drain(..=i).collect();
+                    self.reset_scan();
+                    if open == b'[' {
+                        return Some(Frame::Garbage { len: frame.len(), reason: "expected a JSON object, got an array" });
+                    }
+                    return Some(Frame::Object(frame));
+                }
+            }
+            i += 1;
+            if i > self.max {
+                self.buf.clear();
+                self.reset_scan();
+                return Some(Frame::TooLarge { limit: self.max });
+            }
+        }
+        self.scanned = i;
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(f: &mut Framer) -> Vec<Frame> {
+        std::iter::from_fn(|| f.next_frame()).collect()
+    }
+
+    #[test]
+    fn splits_back_to_back_objects() {
+        let mut f = Framer::new(1024);
+        f.push(br#"{"a":1}{"b":"}"} {"c":[1]}"#);
+        let frames = all(&mut f);
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[1], Frame::Object(br#"{"b":"}"}"#.to_vec()));
+    }
+
+    #[test]
+    fn byte_by_byte() {
+        let mut f = Framer::new(1024);
+        let msg = br#"{"cmd": 0x22, "request_data": ["a\"}b"]}"#;
+        let mut out = vec![];
+        for b in msg.iter() {
+            f.push(&[*b]);
+            out.extend(all(&mut f));
+        }
+        assert_eq!(out, vec![Frame::Object(msg.to_vec())]);
+    }
+
+    #[test]
+    fn garbage_then_object_resyncs() {
+        let mut f = Framer::new(1024);
+        f.push(b"hello\n{\"a\":1}");
+        let frames = all(&mut f);
+        assert!(matches!(frames[0], Frame::Garbage { .. }));
+        assert_eq!(frames[1], Frame::Object(b"{\"a\":1}".to_vec()));
+    }
+
+    #[test]
+    fn unterminated_string_resyncs_at_newline() {
+        let mut f = Framer::new(1024);
+        f.push(b"{\"a: 1}\n{\"b\":2}");
+        let frames = all(&mut f);
+        assert!(matches!(frames[0], Frame::Garbage { .. }));
+        assert_eq!(frames[1], Frame::Object(b"{\"b\":2}".to_vec()));
+    }
+
+    #[test]
+    fn too_large() {
+        let mut f = Framer::new(16);
+        f.push(b"{\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(f.next_frame(), Some(Frame::TooLarge { limit: 16 }));
+    }
+
+    #[test]
+    fn array_is_reported() {
+        let mut f = Framer::new(64);
+        f.push(b"[1,{\"a\":2}] {\"x\":1}");
+        let frames = all(&mut f);
+        assert!(matches!(frames[0], Frame::Garbage { reason, .. } if reason.contains("array")));
+        assert_eq!(frames[1], Frame::Object(b"{\"x\":1}".to_vec()));
+    }
+}

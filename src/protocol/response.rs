@@ -1,0 +1,123 @@
+//! Response values and their wire form.
+//!
+//! Every entry carries `file_name`, `result` and `error_code` (the original
+//! omitted some; emitting all three is what its clients accept). Each response
+//! is one JSON object followed by `\n`, so netcat sessions stay readable.
+
+use serde::Serialize;
+
+/// The original's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ErrorCode {
+    NoError = 0,
+    InvalidMessage = 1,
+    ResourceNotFound = 2,
+    /// Named "not_exist_command" by the original, which also uses it for internal errors.
+    Internal = 3,
+    Timeout = 4,
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
+}
+
+/// `result` of management commands.
+pub const RESULT_OK: i64 = 2;
+pub const RESULT_FAILED: i64 = 1;
+
+/// Extra fields of a 0x01 entry when `extended_results` is on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Extended {
+    pub label: Option<String>,
+    pub confidence: Option<f32>,
+    pub bbox: Option<[f32; 4]>,
+    pub detected: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    pub file_name: Option<String>,
+    pub result: Option<i64>,
+    pub error_code: ErrorCode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub extended: Option<Extended>,
+}
+
+impl Entry {
+    pub fn new(file_name: Option<String>, result: Option<i64>, error_code: ErrorCode) -> Self {
+        Entry { file_name, result, error_code, message: None, extended: None }
+    }
+
+    /// A management success: `result` 2, error_code 0.
+    pub fn ok(file_name: Option<String>) -> Self {
+        Self::new(file_name, Some(RESULT_OK), ErrorCode::NoError)
+    }
+
+    /// A management failure: `result` 1 with the given code.
+    pub fn failed(file_name: Option<String>, code: ErrorCode) -> Self {
+        Self::new(file_name, Some(RESULT_FAILED), code)
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Response {
+    pub cmd: Option<u8>,
+    pub response_data: Vec<Entry>,
+    pub request_data: Option<()>,
+}
+
+impl Response {
+    pub fn new(cmd: u8, entries: Vec<Entry>) -> Self {
+        Response { cmd: Some(cmd), response_data: entries, request_data: None }
+    }
+
+    /// The original's protocol-level error shape (`cmd: null`).
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response {
+            cmd: None,
+            response_data: vec![Entry::new(None, None, code).with_message(message)],
+            request_data: None,
+        }
+    }
+
+    /// Wire form: compact JSON and a newline.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).unwrap_or_else(|e| {
+            // Serialising plain structs cannot fail; keep the wire valid if it ever does.
+            format!(r#"{{"cmd": null, "response_data": [{{"file_name": null, "result": null, "error_code": 3, "message": "serialisation failed: {e}"}}], "request_data": null}}"#).into_bytes()
+        });
+        v.push(b'\n');
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_shape() {
+        let r = Response::error(ErrorCode::InvalidMessage, "bad");
+        assert_eq!(
+            String::from_utf8(r.to_bytes()).unwrap(),
+            "{\"cmd\":null,\"response_data\":[{\"file_name\":null,\"result\":null,\"error_code\":1,\"message\":\"bad\"}],\"request_data\":null}\n"
+        );
+    }
+
+    #[test]
+    fn entry_keeps_all_keys() {
+        let r = Response::new(0x04, vec![Entry::ok(None)]);
+        let s = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(s.contains("\"file_name\":null") && s.contains("\"result\":2") && s.contains("\"error_code\":0"));
+    }
+}
