@@ -88,6 +88,8 @@ pub struct EfficientNet {
     /// Blocks per stage, flattened in order.
     blocks: Vec<Block>,
     pub stage_depths: Vec<usize>,
+    /// Output channels of the stem (tells the width multiplier).
+    pub stem_channels: usize,
     head: Conv,
     classifier: Linear,
 }
@@ -111,7 +113,7 @@ impl EfficientNet {
         }
         let head = Conv::load_bn(&vb.pp("conv_head"), &vb.pp("bn2"), BN_EPS, 1, Act::Silu)?;
         let classifier = Linear::load(&vb.pp("classifier"))?;
-        Ok(EfficientNet { stem, blocks, stage_depths, head, classifier })
+        Ok(EfficientNet { stem_channels: stem.out_channels, stem, blocks, stage_depths, head, classifier })
     }
 
     pub fn num_classes(&self) -> usize {
