@@ -3,7 +3,14 @@
 //!
 //! Layers, outside in: `server` (sockets and threads), `commands` (one file
 //! per protocol command), `inference` (the worker pool), `protocol` (pure
-//! parsing/formatting), `model` (pure math).
+//! parsing/formatting), `model` (pure math). `state` is what connections
+//! share, `config` is server.toml, `paths` keeps client paths in their folders.
 
+pub mod commands;
+pub mod config;
+pub mod inference;
 pub mod model;
+pub mod paths;
 pub mod protocol;
+pub mod server;
+pub mod state;

@@ -1,1 +1,51 @@
-fn main() {}
+//! `pear-server`: start the server from a config file.
+
+use clap::Parser;
+use pear_server::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// TCP inference server that inspects pears (YOLOv8 + EfficientNet, candle).
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, default_value = "server.toml")]
+    config: PathBuf,
+    /// Listen on this port instead of the config's `server.port` (0 = any free port).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let mut config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pear-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(p) = args.port {
+        config.server.port = p;
+    }
+    let device = candle_core::Device::Cpu;
+    let server = match pear_server::server::start(config, device) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pear-server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match server.local_addr() {
+        // Tests and scripts read this line to find the port.
+        Ok(a) => println!("pear-server listening on {a}"),
+        Err(e) => {
+            eprintln!("pear-server: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    server.run();
+    ExitCode::SUCCESS
+}

@@ -105,7 +105,7 @@ def load_crops(work, size, copies, seed):
                 img = cv2.imread(os.path.join(root, "images", row["file"]))
                 box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
                 for c in range(copies):
-                    crop = crop_for_classifier(img, box, size, rng, 0.0 if c == 0 else 0.06)
+                    crop = crop_for_classifier(img, box, size, rng, 0.05)
                     if crop is not None:
                         items.append((crop, int(row["class"])))
     return items
@@ -138,7 +138,7 @@ def stage_cls(work, epochs, size):
     torch.set_num_threads(os.cpu_count() or 2)
     rng = np.random.default_rng(0)
     t0 = time.time()
-    items = load_crops(work, size, 2, 0)
+    items = load_crops(work, size, 1, 0)
     random.Random(0).shuffle(items)
     n_val = max(200, len(items) // 20)
     val, train = items[:n_val], items[n_val:]
@@ -200,9 +200,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="scratch folder (data, runs, checkpoints)")
     ap.add_argument("--out", required=True, help="bundle to write, e.g. weights/pear-default.safetensors")
-    ap.add_argument("--det-epochs", type=int, default=30)
-    ap.add_argument("--det-size", type=int, default=320)
-    ap.add_argument("--cls-epochs", type=int, default=12)
+    ap.add_argument("--det-epochs", type=int, default=16)
+    ap.add_argument("--det-size", type=int, default=256)
+    ap.add_argument("--cls-epochs", type=int, default=10)
     ap.add_argument("--cls-size", type=int, default=96)
     ap.add_argument("--n-train", type=int, default=2500)
     ap.add_argument("--n-val", type=int, default=250)

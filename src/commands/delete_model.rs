@@ -1,0 +1,35 @@
+//! 0x28: delete a model file; the active model cannot be deleted.
+
+use super::{model_file, Conn};
+use crate::paths::PathError;
+use crate::protocol::{Entry, ErrorCode};
+
+pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
+    let shared = conn.shared;
+    let _guard = shared.model_ops.lock().unwrap_or_else(|p| p.into_inner());
+    let file = Some(name.to_string());
+    let path = match model_file(shared, name) {
+        Ok(p) => p,
+        Err(PathError::Refused(_)) => return vec![Entry::failed(file, ErrorCode::InvalidMessage)],
+        Err(PathError::NotFound(_)) => return vec![Entry::failed(file, ErrorCode::ResourceNotFound)],
+    };
+    let active = shared.model();
+    let same = match (path.canonicalize(), active.path.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        log::warn!("{}: 0x28 refused: {name} is the active model", conn.peer);
+        return vec![Entry::failed(file, ErrorCode::InvalidMessage)];
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            log::info!("{}: deleted model {}", conn.peer, path.display());
+            vec![Entry::ok(file)]
+        }
+        Err(e) => {
+            log::warn!("{}: 0x28 {name}: {e}", conn.peer);
+            vec![Entry::failed(file, ErrorCode::ResourceNotFound)]
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! 0x24: the files in the model folder (hidden and partial downloads excluded).
+
+use super::Conn;
+use crate::protocol::{Entry, ErrorCode};
+
+pub fn handle(conn: &Conn) -> Vec<Entry> {
+    let dir = conn.shared.model_dir();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    if names.is_empty() {
+        return vec![Entry::failed(None, ErrorCode::ResourceNotFound)];
+    }
+    names.into_iter().map(|n| Entry::ok(Some(n))).collect()
+}

@@ -1,0 +1,197 @@
+//! `server.toml`: every knob of the server, with defaults and checks.
+//!
+//! A bad config stops the server at start with a message that names the key
+//! and the problem; nothing is discovered later on the sorting line.
+//! Relative paths are taken relative to the config file's folder, so the
+//! server behaves the same whatever directory it is started from.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub host: String,
+    pub port: u16,
+    /// Open connections at most; one more gets an error and is closed.
+    pub max_connections: usize,
+    /// A single request larger than this is refused and its connection closed.
+    pub max_request_bytes: usize,
+    /// A connection with nothing to read and nothing pending is closed after this.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection { host: "0.0.0.0".into(), port: 9090, max_connections: 64, max_request_bytes: 64 * 1024, idle_timeout_secs: 600 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceSection {
+    /// Inference worker threads (each runs one image at a time).
+    pub workers: usize,
+    /// Images waiting for a worker, across all connections; also the largest 0x01 batch.
+    pub queue_capacity: usize,
+    /// An image not answered within this many seconds of its request gets error_code 4.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for InferenceSection {
+    fn default() -> Self {
+        InferenceSection { workers: 2, queue_capacity: 256, request_timeout_secs: 60 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Folder of model bundles.
+    pub dir: PathBuf,
+    /// Bundle loaded at start (a file name inside `dir`).
+    pub default: String,
+    /// Minimum detector score for a fruit box; unset = the bundle's suggestion.
+    pub confidence_threshold: Option<f32>,
+    /// Folders 0x34 may switch the model folder to (and their subfolders); empty = `dir` only.
+    pub allowed_roots: Vec<PathBuf>,
+    /// Largest model 0x20 will download.
+    pub download_max_bytes: u64,
+    pub download_timeout_secs: u64,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection {
+            dir: "weights".into(),
+            default: "pear-default.safetensors".into(),
+            confidence_threshold: None,
+            allowed_roots: vec![],
+            download_max_bytes: 512 * 1024 * 1024,
+            download_timeout_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesSection {
+    /// Folder that 0x01 file names are relative to.
+    pub dir: PathBuf,
+    /// Folders 0x30 may switch to (and their subfolders); empty = `dir` only.
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+impl Default for ImagesSection {
+    fn default() -> Self {
+        ImagesSection { dir: "samples".into(), allowed_roots: vec![] }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolSection {
+    /// Add `label`, `confidence`, `bbox`, `detected` (and per-file `message`) to 0x01 entries.
+    pub extended_results: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub inference: InferenceSection,
+    pub model: ModelSection,
+    pub images: ImagesSection,
+    pub protocol: ProtocolSection,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &base).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.into(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        c.model.dir = abs(&c.model.dir);
+        c.images.dir = abs(&c.images.dir);
+        c.model.allowed_roots = c.model.allowed_roots.iter().map(|p| abs(p)).collect();
+        c.images.allowed_roots = c.images.allowed_roots.iter().map(|p| abs(p)).collect();
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| Err(ConfigError::Invalid { key, problem: problem.to_string() });
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be at least 1");
+        }
+        if self.server.max_request_bytes < 64 {
+            return invalid("server.max_request_bytes", "must be at least 64");
+        }
+        if self.server.idle_timeout_secs == 0 {
+            return invalid("server.idle_timeout_secs", "must be at least 1");
+        }
+        if self.inference.workers == 0 || self.inference.workers > 256 {
+            return invalid("inference.workers", "must be between 1 and 256");
+        }
+        if self.inference.queue_capacity == 0 {
+            return invalid("inference.queue_capacity", "must be at least 1");
+        }
+        if self.inference.request_timeout_secs == 0 {
+            return invalid("inference.request_timeout_secs", "must be at least 1");
+        }
+        if let Some(t) = self.model.confidence_threshold {
+            if !(0.0..=1.0).contains(&t) {
+                return invalid("model.confidence_threshold", "must be between 0 and 1");
+            }
+        }
+        if self.model.default.is_empty() {
+            return invalid("model.default", "must name a model file in model.dir");
+        }
+        if !self.model.dir.is_dir() {
+            return Err(ConfigError::Invalid { key: "model.dir", problem: format!("{} is not a folder", self.model.dir.display()) });
+        }
+        if !self.images.dir.is_dir() {
+            return Err(ConfigError::Invalid { key: "images.dir", problem: format!("{} is not a folder", self.images.dir.display()) });
+        }
+        for (key, roots) in [("model.allowed_roots", &self.model.allowed_roots), ("images.allowed_roots", &self.images.allowed_roots)] {
+            if let Some(r) = roots.iter().find(|r| !r.is_dir()) {
+                return Err(ConfigError::Invalid { key, problem: format!("{} is not a folder", r.display()) });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_bad_key() {
+        let tmp = std::env::temp_dir();
+        let e = Config::from_toml("[server]\nport = \"x\"\n", &tmp).unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = Config::from_toml("[inference]\nworkers = 0\n", &tmp).unwrap_err().to_string();
+        assert!(e.contains("inference.workers"), "{e}");
+        let e = Config::from_toml("[server]\nbogus = 1\n", &tmp).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

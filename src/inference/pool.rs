@@ -1,0 +1,138 @@
+//! The worker pool: N threads, one bounded queue, jobs that can be cancelled.
+
+use crate::model::pipeline::{decode_image, Inspection, Pipeline};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use image::RgbImage;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// What the workers run. The shipped implementation is the candle `Pipeline`;
+/// the trait keeps the pool testable on its own.
+pub trait Inspector: Send + Sync {
+    fn inspect(&self, img: &RgbImage) -> Result<Inspection, String>;
+}
+
+impl Inspector for Pipeline {
+    fn inspect(&self, img: &RgbImage) -> Result<Inspection, String> {
+        Pipeline::inspect(self, img).map_err(|e| e.to_string())
+    }
+}
+
+/// How one image ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Done(Inspection),
+    /// The file is missing, unreadable or not a decodable image (error_code 2).
+    Unreadable(String),
+    /// The path was refused (error_code 1).
+    Refused(String),
+    /// The model failed on this image (error_code 4).
+    Failed(String),
+    /// Cancelled by 0x03 (error_code 4).
+    Cancelled,
+    /// Not finished within the request timeout (error_code 4).
+    TimedOut,
+    /// The inference queue was full (error_code 4).
+    Busy,
+}
+
+/// Life of a job; a job is run or cancelled exactly once (compare-and-swap).
+#[derive(Debug, Default)]
+pub struct JobState(AtomicU8);
+
+impl JobState {
+    const QUEUED: u8 = 0;
+    const RUNNING: u8 = 1;
+    const CANCELLED: u8 = 2;
+
+    pub fn new() -> Self {
+        JobState(AtomicU8::new(Self::QUEUED))
+    }
+    /// Worker side: claim the job. False if it was cancelled first.
+    pub fn start(&self) -> bool {
+        self.0.compare_exchange(Self::QUEUED, Self::RUNNING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+    /// Canceller side: true if the job had not started and now never will.
+    pub fn cancel(&self) -> bool {
+        self.0.compare_exchange(Self::QUEUED, Self::CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+    pub fn is_queued(&self) -> bool {
+        self.0.load(Ordering::Acquire) == Self::QUEUED
+    }
+}
+
+pub struct Job {
+    pub inspector: Arc<dyn Inspector>,
+    pub path: PathBuf,
+    pub index: usize,
+    pub state: Arc<JobState>,
+    pub deadline: Instant,
+    pub reply: Sender<(usize, Outcome)>,
+}
+
+impl Job {
+    fn run(self) {
+        if !self.state.start() {
+            return; // cancelled: the canceller has answered for it
+        }
+        let outcome = if Instant::now() > self.deadline {
+            Outcome::TimedOut
+        } else {
+            match std::fs::read(&self.path) {
+                Err(e) => Outcome::Unreadable(format!("cannot read image: {e}")),
+                Ok(bytes) => match decode_image(&bytes) {
+                    Err(e) => Outcome::Unreadable(e.to_string()),
+                    Ok(img) => match catch_unwind(AssertUnwindSafe(|| self.inspector.inspect(&img))) {
+                        Ok(Ok(ins)) => Outcome::Done(ins),
+                        Ok(Err(e)) => Outcome::Failed(e),
+                        Err(_) => Outcome::Failed("inference panicked".into()),
+                    },
+                },
+            }
+        };
+        // The requester may have given up (timeout, disconnect); that is fine.
+        let _ = self.reply.send((self.index, outcome));
+    }
+}
+
+pub struct Pool {
+    tx: Sender<Job>,
+    capacity: usize,
+    _workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    pub fn new(workers: usize, capacity: usize) -> std::io::Result<Pool> {
+        let (tx, rx): (Sender<Job>, Receiver<Job>) = bounded(capacity);
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let rx = rx.clone();
+            handles.push(std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job.run();
+                }
+            })?);
+        }
+        Ok(Pool { tx, capacity, _workers: handles })
+    }
+
+    /// Queues a job, or hands it back at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Jobs waiting for a worker now.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+}

@@ -1,0 +1,96 @@
+//! What all connections share: config, the active model, the two folders, the pool.
+//!
+//! The active model is an `Arc` swapped under a lock: a job holds the model it
+//! was queued with, so a model change never disturbs images in flight, and
+//! readers (0x22, every 0x01) only clone an `Arc`.
+
+use crate::config::Config;
+use crate::inference::Pool;
+use crate::model::{ModelError, Pipeline};
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock};
+
+pub struct ActiveModel {
+    /// File name in the model folder, as clients name it.
+    pub name: String,
+    pub path: PathBuf,
+    pub pipeline: Arc<Pipeline>,
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub device: Device,
+    pub pool: Pool,
+    model: RwLock<Arc<ActiveModel>>,
+    model_dir: RwLock<PathBuf>,
+    image_dir: RwLock<PathBuf>,
+    /// Serialises model changes, deletions and downloads.
+    pub model_ops: Mutex<()>,
+    pub connections: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(config: Config, device: Device, model: ActiveModel, pool: Pool) -> std::io::Result<Shared> {
+        let model_dir = config.model.dir.canonicalize()?;
+        let image_dir = config.images.dir.canonicalize()?;
+        Ok(Shared {
+            config,
+            device,
+            pool,
+            model: RwLock::new(Arc::new(model)),
+            model_dir: RwLock::new(model_dir),
+            image_dir: RwLock::new(image_dir),
+            model_ops: Mutex::new(()),
+            connections: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn model(&self) -> Arc<ActiveModel> {
+        self.model.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_model(&self, m: ActiveModel) {
+        *self.model.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(m);
+    }
+
+    pub fn model_dir(&self) -> PathBuf {
+        self.model_dir.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_model_dir(&self, p: PathBuf) {
+        *self.model_dir.write().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+
+    pub fn image_dir(&self) -> PathBuf {
+        self.image_dir.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_image_dir(&self, p: PathBuf) {
+        *self.image_dir.write().unwrap_or_else(|p| p.into_inner()) = p;
+    }
+
+    /// Folders the model folder may move to.
+    pub fn model_roots(&self) -> Vec<PathBuf> {
+        roots_or(&self.config.model.allowed_roots, &self.config.model.dir)
+    }
+
+    /// Folders the image folder may move to.
+    pub fn image_roots(&self) -> Vec<PathBuf> {
+        roots_or(&self.config.images.allowed_roots, &self.config.images.dir)
+    }
+
+    /// Loads a bundle fully (the caller swaps it in only on success).
+    pub fn load_pipeline(&self, path: &Path) -> Result<Pipeline, ModelError> {
+        Pipeline::load(path, &self.device, self.config.model.confidence_threshold)
+    }
+}
+
+fn roots_or(roots: &[PathBuf], dir: &Path) -> Vec<PathBuf> {
+    if roots.is_empty() {
+        vec![dir.to_path_buf()]
+    } else {
+        roots.to_vec()
+    }
+}

@@ -1,0 +1,185 @@
+//! A real pear-server process on a free loopback port, in its own temp folder,
+//! and a line-oriented TCP client for it.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+pub struct Options {
+    pub workers: usize,
+    pub queue_capacity: usize,
+    pub max_connections: usize,
+    pub max_request_bytes: usize,
+    pub extended: bool,
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { workers: 2, queue_capacity: 64, max_connections: 16, max_request_bytes: 4096, extended: false, request_timeout_secs: 60 }
+    }
+}
+
+pub struct TestServer {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn default_model() -> PathBuf {
+    Path::new(ROOT).join("weights/pear-default.safetensors")
+}
+
+impl TestServer {
+    pub fn start(o: Options) -> TestServer {
+        let dir = std::env::temp_dir().join(format!("pear-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["images/sub", "models", "models2", "outside"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        for e in std::fs::read_dir(Path::new(ROOT).join("samples")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join("images").join(e.file_name())).unwrap();
+        }
+        std::fs::copy(dir.join("images/normal_1.jpg"), dir.join("images/sub/nested.jpg")).unwrap();
+        std::fs::write(dir.join("images/corrupt.jpg"), b"this is not a jpeg").unwrap();
+        std::fs::write(dir.join("images/0x1f.jpg"), b"").unwrap();
+        std::fs::copy(dir.join("images/normal_1.jpg"), dir.join("outside/secret.jpg")).unwrap();
+        std::os::unix::fs::symlink(dir.join("outside/secret.jpg"), dir.join("images/link_out.jpg")).unwrap();
+        std::fs::copy(default_model(), dir.join("models/pear-default.safetensors")).unwrap();
+        std::fs::copy(default_model(), dir.join("models/second.safetensors")).unwrap();
+        std::fs::write(dir.join("models/broken.safetensors"), b"not a model").unwrap();
+        let cfg = format!(
+            r#"
+[server]
+host = "127.0.0.1"
+port = 0
+max_connections = {max_conn}
+max_request_bytes = {max_req}
+idle_timeout_secs = 30
+[inference]
+workers = {workers}
+queue_capacity = {queue}
+request_timeout_secs = {timeout}
+[model]
+dir = "models"
+default = "pear-default.safetensors"
+confidence_threshold = 0.5
+allowed_roots = ["models", "models2"]
+download_max_bytes = 50000000
+download_timeout_secs = 20
+[images]
+dir = "images"
+allowed_roots = ["images"]
+[protocol]
+extended_results = {ext}
+"#,
+            max_conn = o.max_connections,
+            max_req = o.max_request_bytes,
+            workers = o.workers,
+            queue = o.queue_capacity,
+            timeout = o.request_timeout_secs,
+            ext = o.extended
+        );
+        std::fs::write(dir.join("server.toml"), cfg).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pear-server"))
+            .arg("--config")
+            .arg(dir.join("server.toml"))
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start pear-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("no address in {line:?}"));
+        TestServer { child, addr, dir }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// One response: a JSON object terminated by a newline.
+    pub fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("read response");
+        assert!(n > 0, "connection closed while waiting for a response");
+        assert!(line.ends_with('\n'), "response must end with a newline: {line:?}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}"))
+    }
+
+    pub fn request(&mut self, text: &str) -> Value {
+        self.send(text.as_bytes());
+        self.recv()
+    }
+
+    /// True when the server closed the connection (EOF) within the timeout.
+    pub fn closed(&mut self) -> bool {
+        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// The entries of a response.
+pub fn entries(v: &Value) -> &Vec<Value> {
+    v["response_data"].as_array().expect("response_data is a list")
+}
+
+/// Asserts the original's protocol-error shape and returns its message.
+pub fn assert_error(v: &Value, code: i64) -> String {
+    assert!(v["cmd"].is_null(), "error response has cmd null: {v}");
+    assert!(v["request_data"].is_null(), "{v}");
+    let e = &entries(v)[0];
+    assert_eq!(e["error_code"], code, "{v}");
+    assert!(e["file_name"].is_null() && e["result"].is_null(), "{v}");
+    let m = e["message"].as_str().expect("error has a message").to_string();
+    assert!(!m.is_empty());
+    m
+}
+
+/// Every entry carries the three keys.
+pub fn assert_entry_keys(v: &Value) {
+    for e in entries(v) {
+        for k in ["file_name", "result", "error_code"] {
+            assert!(e.get(k).is_some(), "entry lacks {k}: {v}");
+        }
+    }
+}

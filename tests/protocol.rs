@@ -1,0 +1,175 @@
+//! Wire-level behaviour over real TCP: framing, hex/decimal, pipelining, and
+//! malformed input answered with clear errors while the server keeps serving.
+
+mod common;
+use common::*;
+
+const CURRENT_DIR: &str = r#"{"cmd": 0x32, "request_data": null}"#;
+
+#[test]
+fn hex_and_decimal_cmd() {
+    let s = TestServer::start(Options::default());
+    let mut c = s.client();
+    let a = c.request(r#"{"cmd": 0x22, "request_data": null}"#);
+    let b = c.request(r#"{"cmd": 34, "request_data": []}"#);
+    let spaced = c.request(r#"{"cmd" : 0x32, "request_data": null }"#);
+    assert_eq!(a["cmd"], 0x23);
+    assert_eq!(a, b);
+    assert_eq!(spaced["cmd"], 0x33);
+}
+
+#[test]
+fn request_split_byte_by_byte() {
+    let s = TestServer::start(Options::default());
+    let mut c = s.client();
+    for b in br#"{"cmd": 0x01, "request_data": ["normal_1.jpg"]}"# {
+        c.send(&[*b]);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let r = c.recv();
+    assert_eq!(r["cmd"], 0x02);
+    assert_eq!(entries(&r)[0]["file_name"], "normal_1.jpg");
+    assert_eq!(entries(&r)[0]["error_code"], 0);
+}
+
+#[test]
+fn three_requests_in_one_write_and_netcat_newlines() {
+    let s = TestServer::start(Options::default());
+    let mut c = s.client();
+    c.send(b"{\"cmd\": 0x22, \"request_data\": null}{\"cmd\":0x32,\"request_data\":null}  {\"cmd\": 0x24, \"request_data\": []}");
+    assert_eq!(c.recv()["cmd"], 0x23);
+    assert_eq!(c.recv()["cmd"], 0x33);
+    assert_eq!(c.recv()["cmd"], 0x25);
+    // netcat style: one request per line, CRLF or LF
+    c.send(b"{\"cmd\": 0x22, \"request_data\": null}\r\n{\"cmd\": 0x32, \"request_data\": null}\n");
+    assert_eq!(c.recv()["cmd"], 0x23);
+    assert_eq!(c.recv()["cmd"], 0x33);
+}
+
+#[test]
+fn pipelined_requests_answer_in_order() {
+    let s = TestServer::start(Options::default());
+    let mut c = s.client();
+    // A slow 0x01 first, then cheap requests: answers must keep request order.
+    let batch: Vec<String> = (0..6).map(|_| "\"normal_1.jpg\"".to_string()).collect();
+    let mut all = format!("{{\"cmd\": 1, \"request_data\": [{}]}}", batch.join(","));
+    all.push_str(CURRENT_DIR);
+    all.push_str(r#"{"cmd": 1, "request_data": ["no_pear_1.jpg"]}"#);
+    all.push_str(r#"{"cmd": 0x22, "request_data": null}"#);
+    all.push_str("garbage\n");
+    all.push_str(r#"{"cmd": 0x24, "request_data": null}"#);
+    c.send(all.as_bytes());
+    let order: Vec<serde_json::Value> = (0..6).map(|_| c.recv()).collect();
+    assert_eq!(order[0]["cmd"], 0x02);
+    assert_eq!(entries(&order[0]).len(), 6);
+    assert_eq!(order[1]["cmd"], 0x33);
+    assert_eq!(order[2]["cmd"], 0x02);
+    assert_eq!(order[3]["cmd"], 0x23);
+    assert!(order[4]["cmd"].is_null());
+    assert_eq!(order[5]["cmd"], 0x25);
+}
+
+/// Each input must get one error_code-1 answer with a message, and the same
+/// connection must still answer a good request afterwards.
+#[test]
+fn malformed_inputs_get_clear_errors() {
+    let s = TestServer::start(Options::default());
+    let mut c = s.client();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not json", b"hello world\n".to_vec()),
+        ("truncated json", b"{\"cmd\": 0x22, \"request_data\": nul}".to_vec()),
+        ("not utf-8", b"{\"cmd\": 1, \"request_data\": [\"\xff\xfe.jpg\"]}".to_vec()),
+        ("array instead of object", b"[1, 2, 3]".to_vec()),
+        ("string instead of object", b"\"cmd\"\n".to_vec()),
+        ("number instead of object", b"42\n".to_vec()),
+        ("missing cmd", b"{\"request_data\": null}".to_vec()),
+        ("missing request_data", b"{\"cmd\": 0x22}".to_vec()),
+        ("cmd is a string", b"{\"cmd\": \"0x22\", \"request_data\": null}".to_vec()),
+        ("cmd is negative", b"{\"cmd\": -1, \"request_data\": null}".to_vec()),
+        ("cmd is a float", b"{\"cmd\": 1.5, \"request_data\": null}".to_vec()),
+        ("cmd is null", b"{\"cmd\": null, \"request_data\": null}".to_vec()),
+        ("unknown command", b"{\"cmd\": 0x99, \"request_data\": null}".to_vec()),
+        ("unknown command 0x02 (a response code)", b"{\"cmd\": 0x02, \"request_data\": null}".to_vec()),
+        ("hex too large", b"{\"cmd\": 0xffffffffffffffffff, \"request_data\": null}".to_vec()),
+        ("empty file list", b"{\"cmd\": 0x01, \"request_data\": []}".to_vec()),
+        ("null file list", b"{\"cmd\": 0x01, \"request_data\": null}".to_vec()),
+        ("file list is a string", b"{\"cmd\": 0x01, \"request_data\": \"a.jpg\"}".to_vec()),
+        ("file name not a string", b"{\"cmd\": 0x01, \"request_data\": [7]}".to_vec()),
+        ("wrong extension", b"{\"cmd\": 0x01, \"request_data\": [\"notes.txt\"]}".to_vec()),
+        ("no extension", b"{\"cmd\": 0x01, \"request_data\": [\"image\"]}".to_vec()),
+        ("data for a no-data command", b"{\"cmd\": 0x22, \"request_data\": [\"x\"]}".to_vec()),
+        ("two model names", b"{\"cmd\": 0x26, \"request_data\": [\"a\", \"b\"]}".to_vec()),
+        ("model name missing", b"{\"cmd\": 0x26, \"request_data\": []}".to_vec()),
+        ("empty folder path", b"{\"cmd\": 0x30, \"request_data\": [\"\"]}".to_vec()),
+        ("folder path not a string", b"{\"cmd\": 0x34, \"request_data\": [{}]}".to_vec()),
+        ("download without URL scheme", b"{\"cmd\": 0x20, \"request_data\": [\"ftp://x/m.safetensors\"]}".to_vec()),
+        ("unterminated string", b"{\"cmd\": 0x22, \"request_data: null}\n".to_vec()),
+        ("unbalanced bracket", b"{\"cmd\": 0x22, \"request_data\": [}".to_vec()),
+        ("trailing comma", b"{\"cmd\": 0x22, \"request_data\": null,}".to_vec()),
+    ];
+    assert!(cases.len() >= 25);
+    for (what, bytes) in &cases {
+        c.send(bytes);
+        let r = c.recv();
+        let msg = assert_error(&r, 1);
+        assert!(msg.len() > 8, "{what}: message too vague: {msg}");
+        // Still serving on the same connection.
+        let ok = c.request(CURRENT_DIR);
+        assert_eq!(ok["cmd"], 0x33, "{what}: connection no longer serves: {ok}");
+    }
+}
+
+#[test]
+fn path_traversal_is_refused_per_file() {
+    let s = TestServer::start(Options::default());
+    let mut c = s.client();
+    let r = c.request(
+        r#"{"cmd": 0x01, "request_data": ["../outside/secret.jpg", "/etc/passwd.jpg", "link_out.jpg", "sub/nested.jpg", "missing.jpg", "corrupt.jpg", "0x1f.jpg"]}"#,
+    );
+    assert_eq!(r["cmd"], 0x02);
+    assert_entry_keys(&r);
+    let e = entries(&r);
+    assert_eq!(e.len(), 7);
+    for i in 0..3 {
+        assert_eq!(e[i]["error_code"], 1, "entry {i} must be refused: {r}");
+        assert!(e[i]["result"].is_null());
+    }
+    assert_eq!(e[3]["error_code"], 0, "subfolders inside the image folder are fine: {r}");
+    for i in 4..7 {
+        assert_eq!(e[i]["error_code"], 2, "entry {i} is missing/unreadable: {r}");
+        assert!(e[i]["result"].is_null(), "never `false` like the original: {r}");
+    }
+    // the hex-looking file name reached the server intact
+    assert_eq!(e[6]["file_name"], "0x1f.jpg");
+}
+
+#[test]
+fn oversize_request_closes_only_that_connection() {
+    let s = TestServer::start(Options { max_request_bytes: 1024, ..Options::default() });
+    let mut other = s.client();
+    let mut c = s.client();
+    let big = format!("{{\"cmd\": 1, \"request_data\": [\"{}.jpg\"]}}", "a".repeat(5000));
+    c.send(big.as_bytes());
+    let msg = assert_error(&c.recv(), 1);
+    assert!(msg.contains("1024"), "{msg}");
+    assert!(c.closed(), "connection must be closed after an oversize request");
+    assert_eq!(other.request(CURRENT_DIR)["cmd"], 0x33);
+    assert_eq!(s.client().request(CURRENT_DIR)["cmd"], 0x33);
+}
+
+#[test]
+fn connection_limit() {
+    let s = TestServer::start(Options { max_connections: 2, ..Options::default() });
+    let mut a = s.client();
+    let mut b = s.client();
+    assert_eq!(a.request(CURRENT_DIR)["cmd"], 0x33);
+    assert_eq!(b.request(CURRENT_DIR)["cmd"], 0x33);
+    let mut third = s.client();
+    let msg = assert_error(&third.recv(), 3);
+    assert!(msg.contains("connections"), "{msg}");
+    assert!(third.closed());
+    assert_eq!(a.request(CURRENT_DIR)["cmd"], 0x33, "others unaffected");
+    drop(b);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(s.client().request(CURRENT_DIR)["cmd"], 0x33, "a slot frees when a client leaves");
+}
