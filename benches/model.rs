@@ -1,1 +1,62 @@
-fn main(){}
+//! Per-image cost of the model layer: detector, classifier, whole pipeline.
+//!
+//!     cargo bench --bench model
+//!
+//! The classifier case is the original's production shape: efficientnet_b3 at
+//! 512x740 (a 195x282 crop upscaled to shorter side 512). Its weights are
+//! random (timm's tensor shapes from tests/fixtures/manifests): speed does not
+//! depend on the values. The same work in PyTorch: tools/bench_torch.py.
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion};
+use pear_server::model::efficientnet::EfficientNet;
+use pear_server::model::pipeline::{decode_image, Pipeline};
+use pear_server::model::weights::Weights;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn random_b3() -> EfficientNet {
+    let path = Path::new(ROOT).join("tests/fixtures/manifests/efficientnet_b3.json");
+    let shapes: BTreeMap<String, Vec<usize>> = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let dev = Device::Cpu;
+    let mut map = HashMap::new();
+    for (k, s) in shapes {
+        let t = if k.ends_with("running_var") {
+            Tensor::ones(s, DType::F32, &dev)
+        } else {
+            Tensor::randn(0f32, 0.05, s, &dev)
+        };
+        map.insert(k, t.unwrap());
+    }
+    EfficientNet::load(&Weights::new(map, &dev).unwrap()).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let bundle = Path::new(ROOT).join("weights/pear-default.safetensors");
+    let pipeline = Pipeline::load(&bundle, &dev, None).unwrap();
+    let img = decode_image(&std::fs::read(Path::new(ROOT).join("samples/normal_1.jpg")).unwrap()).unwrap();
+    let mut g = c.benchmark_group("model");
+    g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(2));
+
+    // YOLOv8n at 320 on a 640x480 frame (letterboxed input 320x256), as the original measured.
+    let x320 = Tensor::rand(0f32, 1.0, (1, 3, 256, 320), &dev).unwrap();
+    g.bench_function("yolov8n_320x256", |b| b.iter(|| pipeline.detector.forward(&x320).unwrap()));
+    let imgsz = pipeline.meta.detector.imgsz;
+    g.bench_function(format!("detector_default_letterbox+forward_{imgsz}"), |b| b.iter(|| pipeline.detector_raw(&img).unwrap()));
+
+    let b3 = random_b3();
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 740, 512), &dev).unwrap();
+    g.bench_function("efficientnet_b3_512x740", |b| b.iter(|| b3.forward(&x).unwrap()));
+
+    let crop = Pipeline::crop(&img, &[10.0, 10.0, 150.0, 200.0]).unwrap();
+    g.bench_function("classifier_default_crop", |b| b.iter(|| pipeline.classify_logits(&crop).unwrap()));
+    g.bench_function("pipeline_default_per_image", |b| b.iter(|| pipeline.inspect(&img).unwrap()));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -143,9 +143,9 @@ def paint_defect(rng, img, mask, cls, H):
     if cls == 1:  # bruise: soft brown darkening
         for _ in range(rng.integers(1, 3)):
             x, y = spot()
-            ax, ay = H * rng.uniform(0.08, 0.16), H * rng.uniform(0.06, 0.13)
+            ax, ay = H * rng.uniform(0.1, 0.18), H * rng.uniform(0.08, 0.14)
             cv2.ellipse(layer, (x, y), (int(ax), int(ay)), rng.uniform(0, 180), 0, 360, 1.0, -1)
-        layer = cv2.GaussianBlur(layer, (0, 0), H * 0.035) * rng.uniform(0.5, 0.8)
+        layer = cv2.GaussianBlur(layer, (0, 0), H * 0.03) * rng.uniform(0.65, 0.85)
         colour = np.array([30, 55, 85], np.float32) * rng.uniform(0.8, 1.2)
     elif cls == 2:  # black spots: many small sharp dark dots
         for _ in range(rng.integers(5, 16)):
@@ -183,28 +183,29 @@ def paint_defect(rng, img, mask, cls, H):
         colour = np.array([25, 45, 70], np.float32) * rng.uniform(0.7, 1.1)
         dark = np.clip(0.6 - d, 0, 1) * 0.6
         img[:] = img * (1 - dark[..., None])
-    elif cls == 5:  # scab: clusters of rough grey-olive patches
+    elif cls == 5:  # scab: clusters of rough dark olive patches
         for _ in range(rng.integers(1, 3)):
             x, y = spot()
-            for _ in range(rng.integers(8, 20)):
+            for _ in range(rng.integers(12, 28)):
                 dx, dy = rng.normal(0, H * 0.06, 2)
-                rr = max(1, int(H * rng.uniform(0.01, 0.03)))
-                cv2.circle(layer, (int(x + dx), int(y + dy)), rr, float(rng.uniform(0.6, 1.0)), -1)
-        grain = (rng.uniform(0, 1, (h, w)) > 0.35).astype(np.float32)
-        layer = cv2.GaussianBlur(layer * (0.6 + 0.4 * grain), (3, 3), 0)
-        colour = np.array([70, 95, 95], np.float32) * rng.uniform(0.7, 1.1)
-    elif cls == 6:  # scratches: thin light lines, roughly parallel
+                rr = max(1, int(H * rng.uniform(0.015, 0.035)))
+                cv2.circle(layer, (int(x + dx), int(y + dy)), rr, float(rng.uniform(0.75, 1.0)), -1)
+        grain = (rng.uniform(0, 1, (h, w)) > 0.3).astype(np.float32)
+        layer = cv2.GaussianBlur(layer * (0.7 + 0.3 * grain), (3, 3), 0)
+        colour = np.array([45, 65, 70], np.float32) * rng.uniform(0.8, 1.1)
+    elif cls == 6:  # scratches: thin roughly parallel lines, light or dark, always contrasting
         x0, y0 = spot()
         ang = rng.uniform(0, math.pi)
-        for _ in range(rng.integers(2, 6)):
+        for _ in range(rng.integers(3, 7)):
             a = ang + rng.uniform(-0.25, 0.25)
-            ln = H * rng.uniform(0.2, 0.45)
+            ln = H * rng.uniform(0.25, 0.5)
             ox, oy = rng.normal(0, H * 0.05, 2)
             p1 = (int(x0 + ox - ln / 2 * math.cos(a)), int(y0 + oy - ln / 2 * math.sin(a)))
             p2 = (int(x0 + ox + ln / 2 * math.cos(a)), int(y0 + oy + ln / 2 * math.sin(a)))
-            cv2.line(layer, p1, p2, 1.0, max(1, int(H * 0.008)))
-        layer *= rng.uniform(0.6, 0.9)
-        colour = np.array([170, 200, 215], np.float32) * rng.uniform(0.85, 1.1)
+            cv2.line(layer, p1, p2, 1.0, max(1, int(H * 0.012)))
+        layer *= rng.uniform(0.8, 1.0)
+        skin = float(img[y0, x0].mean())
+        colour = (np.array([35, 55, 80], np.float32) if skin > 130 else np.array([190, 215, 230], np.float32))
     elif cls == 7:  # insect holes: small dark holes with a brown halo
         for _ in range(rng.integers(1, 5)):
             x, y = spot()
@@ -389,14 +390,16 @@ def make_image(rng):
     cls = None
     r = rng.random()
     if r >= 0.12:  # 12 % of frames have no main fruit
-        cls = int(rng.integers(0, len(CLASS_NAMES)))
+        # A fruit cut by the frame may hide its defect, which would make the label
+        # a lie; such fruit are drawn sound.
+        partial = rng.random() < 0.1
+        cls = 0 if partial else int(rng.integers(0, len(CLASS_NAMES)))
         canvas = 256
         obj, mask = render_pear(rng, canvas, cls)
         full = float((mask > 0.5).sum())
         fruit_h = min(H, W) * rng.uniform(0.35, 0.85)
         scale = fruit_h / (canvas * 0.62)
         angle = rng.uniform(-180, 180) if rng.random() < 0.7 else rng.uniform(-25, 25)
-        partial = rng.random() < 0.1
         ext = fruit_h / 2
         if partial:  # partly out of frame, at least ~55 % visible
             cx = rng.choice([rng.uniform(0, ext * 0.3), W - rng.uniform(0, ext * 0.3)])

@@ -41,7 +41,7 @@ def run(cmd):
 
 
 def stage_data(work, n_train, n_val, n_extra):
-    for name, n, seed in (("det_train", n_train, 1), ("det_val", n_val, 2), ("cls_extra", n_extra, 3)):
+    for name, n, seed in (("det_train", n_train, 1), ("det_val", n_val, 2), ("cls_a", n_extra, 3), ("cls_b", n_extra, 4)):
         out = os.path.join(work, name)
         if os.path.exists(os.path.join(out, "labels.csv")):
             continue
@@ -96,7 +96,7 @@ def load_crops(work, size, copies, seed):
 
     rng = np.random.default_rng(seed)
     items = []
-    for name in ("det_train", "cls_extra"):
+    for name in ("cls_a", "cls_b"):
         root = os.path.join(work, name)
         with open(os.path.join(root, "labels.csv")) as f:
             for row in csv.DictReader(f):
@@ -143,7 +143,7 @@ def stage_cls(work, epochs, size):
     n_val = max(200, len(items) // 20)
     val, train = items[:n_val], items[n_val:]
     print(f"classifier crops: {len(train)} train, {len(val)} val ({time.time() - t0:.0f}s)", flush=True)
-    long = int(size * 4 / 3)
+    long = int(size * 3 / 2)
 
     def batches(data, bs, train_mode):
         groups = {True: [], False: []}
@@ -202,11 +202,11 @@ def main():
     ap.add_argument("--out", required=True, help="bundle to write, e.g. weights/pear-default.safetensors")
     ap.add_argument("--det-epochs", type=int, default=16)
     ap.add_argument("--det-size", type=int, default=256)
-    ap.add_argument("--cls-epochs", type=int, default=10)
+    ap.add_argument("--cls-epochs", type=int, default=14)
     ap.add_argument("--cls-size", type=int, default=96)
     ap.add_argument("--n-train", type=int, default=2500)
     ap.add_argument("--n-val", type=int, default=250)
-    ap.add_argument("--n-extra", type=int, default=4000)
+    ap.add_argument("--n-extra", type=int, default=4000, help="images per classifier set (two sets)")
     ap.add_argument("--stage", choices=["all", "data", "det", "cls", "bundle"], default="all")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
