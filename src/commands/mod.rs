@@ -16,7 +16,8 @@ mod list_models;
 mod stop;
 
 use crate::inference::{Batch, CancelRegistry};
-use crate::paths::{check_model_name, PathError};
+use crate::paths::{check_model_name, resolve_dir, PathError};
+use crate::protocol::{Entry, ErrorCode};
 use crate::protocol::{Command, Response};
 use crate::state::Shared;
 use std::path::PathBuf;
@@ -69,4 +70,21 @@ pub(crate) fn model_file(shared: &Shared, name: &str) -> Result<PathBuf, PathErr
         }
     }
     Err(PathError::NotFound(format!("model '{name}' not found in {}", dir.display())))
+}
+
+/// 0x30 and 0x34: move a folder to an existing directory inside `roots`;
+/// outside the roots answers error_code 1, a missing folder 2.
+pub(crate) fn change_dir(conn: &Conn, what: &str, path: &str, roots: &[PathBuf], apply: impl FnOnce(PathBuf)) -> Vec<Entry> {
+    match resolve_dir(roots, path) {
+        Ok(dir) => {
+            log::info!("{}: {what} folder is now {}", conn.peer, dir.display());
+            apply(dir.clone());
+            vec![Entry::ok(Some(dir.display().to_string()))]
+        }
+        Err(e) => {
+            log::warn!("{}: {what} folder '{path}' refused: {e}", conn.peer);
+            let code = if matches!(e, PathError::Refused(_)) { ErrorCode::InvalidMessage } else { ErrorCode::ResourceNotFound };
+            vec![Entry::failed(Some(path.to_string()), code)]
+        }
+    }
 }

@@ -153,3 +153,36 @@ impl Bundle {
         Ok(Bundle { meta, detector: weights.pp("detector"), classifier: weights.pp("classifier") })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with_meta(meta: Option<&str>) -> Vec<u8> {
+        let data = vec![0u8; 16];
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![4], &data).unwrap();
+        let md = meta.map(|m| HashMap::from([(META_KEY.to_string(), m.to_string())]));
+        safetensors::serialize([("detector.x", view)], md).unwrap()
+    }
+
+    fn err(bytes: &[u8]) -> String {
+        match Bundle::from_bytes(bytes, &Device::Cpu) {
+            Ok(_) => panic!("must not load"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn invalid_bundles_say_why() {
+        assert!(err(b"garbage").contains("not a safetensors file"));
+        assert!(err(&with_meta(None)).contains("no 'pear_bundle'"));
+        assert!(err(&with_meta(Some("{"))).contains("invalid model metadata"));
+        let good = r#"{"format":"pear-bundle/1","detector":{"arch":"yolov8","class_names":["pear"],"imgsz":320},
+            "classifier":{"arch":"efficientnet","class_names":["a"],"input_size":96,"channel_order":"rgb","mean":[0,0,0],"std":[1,1,1]}}"#;
+        assert!(Bundle::from_bytes(&with_meta(Some(good)), &Device::Cpu).is_ok());
+        assert!(err(&with_meta(Some(&good.replace("yolov8", "yolov5")))).contains("detector.arch"));
+        assert!(err(&with_meta(Some(&good.replace("\"rgb\"", "\"rbg\"")))).contains("invalid model metadata"));
+        assert!(err(&with_meta(Some(&good.replace("320", "7")))).contains("imgsz"));
+    }
+}

@@ -10,7 +10,7 @@
 use super::layers::{Act, Conv};
 use super::weights::Weights;
 use super::{ModelError, Result};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::Tensor;
 
 /// Output strides of the three detection levels (P3, P4, P5).
 pub const STRIDES: [usize; 3] = [8, 16, 32];
@@ -274,14 +274,4 @@ impl YoloV8 {
         let o5 = self.h21.forward(&Tensor::cat(&[self.h19.forward(&o4)?, p5], 1)?)?;
         self.detect.forward(&[o3, o4, o5])
     }
-}
-
-/// An all-zero input of the given size, for warm-up and shape checks.
-pub fn dummy_input(h: usize, w: usize, dev: &Device) -> candle_core::Result<Tensor> {
-    Tensor::zeros((1, 3, h, w), DType::F32, dev)
-}
-
-#[allow(dead_code)]
-fn _assert_dims(t: &Tensor) -> candle_core::Result<usize> {
-    t.dim(D::Minus1)
 }
