@@ -266,3 +266,19 @@ fn failed_downloads_leave_nothing_and_keep_the_model() {
     let r = c.request(r#"{"cmd": 0x01, "request_data": ["normal_1.jpg"]}"#);
     assert_eq!(entries(&r)[0]["error_code"], 0);
 }
+
+#[test]
+fn images_past_the_request_timeout_answer_4() {
+    let s = TestServer::start(Options { workers: 1, request_timeout_secs: 1, ..Options::default() });
+    let mut c = s.client();
+    let files: Vec<String> = (0..60).map(|_| "\"normal_1.jpg\"".into()).collect();
+    let t = Instant::now();
+    let r = c.request(&format!("{{\"cmd\": 0x01, \"request_data\": [{}]}}", files.join(",")));
+    assert!(t.elapsed() < Duration::from_secs(10), "the answer must not wait for all 60 images");
+    let e = entries(&r);
+    assert_eq!(e.len(), 60);
+    let done = e.iter().filter(|x| x["error_code"] == 0).count();
+    let late = e.iter().filter(|x| x["error_code"] == 4 && x["result"].is_null()).count();
+    assert_eq!(done + late, 60, "{r}");
+    assert!(late > 0, "60 images on one worker cannot all finish within 1 s");
+}

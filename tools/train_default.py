@@ -162,13 +162,16 @@ def stage_cls(work, epochs, size):
                 chunk = g[i:i + bs]
                 x = np.stack([c for c, _ in chunk]).astype(np.float32) / 255
                 x = (x - MEAN) / STD
-                out.append((torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.tensor([y for _, y in chunk])))
+                # channels_last: oneDNN runs the depthwise convolutions ~1.8x faster on CPU
+                t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+                out.append((t, torch.tensor([y for _, y in chunk])))
         if train_mode:
             random.Random(int(rng.integers(1 << 30))).shuffle(out)
         return out
 
     model = _gen_efficientnet("efficientnet_b0", channel_multiplier=0.5, depth_multiplier=0.5,
                               pretrained=False, num_classes=len(CLASS_NAMES), drop_rate=0.1)
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.02)
     steps = epochs * ((len(train) + 31) // 32 + 2)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
@@ -192,7 +195,7 @@ def stage_cls(work, epochs, size):
         print(f"cls epoch {ep + 1}/{epochs}: loss {tl / n:.4f} val acc {correct / len(val):.4f} "
               f"({time.time() - t0:.0f}s)", flush=True)
     # a whole pickled module, like the original's efficientnetb3_512_version2.pth
-    torch.save(model, out)
+    torch.save(model.to(memory_format=torch.contiguous_format).eval(), out)
     return out
 
 
@@ -202,7 +205,7 @@ def main():
     ap.add_argument("--out", required=True, help="bundle to write, e.g. weights/pear-default.safetensors")
     ap.add_argument("--det-epochs", type=int, default=16)
     ap.add_argument("--det-size", type=int, default=256)
-    ap.add_argument("--cls-epochs", type=int, default=14)
+    ap.add_argument("--cls-epochs", type=int, default=18)
     ap.add_argument("--cls-size", type=int, default=96)
     ap.add_argument("--n-train", type=int, default=2500)
     ap.add_argument("--n-val", type=int, default=250)
@@ -222,6 +225,8 @@ def main():
              "--classifier", os.path.join(args.work, "classifier.pth"),
              "--out", args.out, "--classes", ",".join(CLASS_NAMES),
              "--classifier-size", str(args.cls_size), "--channel-order", "rgb",
+             "--classifier-variant", "efficientnet_b0 scaled to width 0.5, depth 0.5",
+             "--confidence-threshold", "0.5",
              "--source", "pear-server default model: trained on synthetic pears (tools/train_default.py)"])
 
 

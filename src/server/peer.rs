@@ -45,6 +45,9 @@ impl Peer {
         log::info!("{}: connected", self.peer);
         let opened = Instant::now();
         let (tx, rx) = bounded::<Pending>(PIPELINE_DEPTH);
+        let _ = self.stream.set_nodelay(true);
+        // A client that stops reading must not pin this connection forever.
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(self.shared.config.server.idle_timeout_secs)));
         let writer = match self.stream.try_clone() {
             Ok(w) => w,
             Err(e) => {
