@@ -85,7 +85,7 @@ def main():
     while len(records) < len(SIZES):
         rng = np.random.default_rng([args.seed, k])
         k += 1
-        img, boxes, cls = make_image(rng)
+        img, boxes, cls, _ = make_image(rng)
         if len(records) < len(SIZES) - 1 and cls is None:
             continue  # most fixtures should exercise the classifier; the last may be empty
         w, h = SIZES[len(records)]

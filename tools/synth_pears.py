@@ -365,7 +365,8 @@ def bbox_of(alpha, full_area):
 
 
 def make_image(rng):
-    """One camera frame. Returns (BGR uint8, [(det_cls, x1, y1, x2, y2)], quality class or None)."""
+    """One camera frame. Returns (BGR uint8, [(det_cls, x1, y1, x2, y2)], quality class or None,
+    number of fruit with any visible pixel; slivers under 10-15 % visible get no box)."""
     W = int(rng.integers(256, 801))
     aspect = rng.uniform(0.6, 1.8)
     H = int(np.clip(W / aspect, 200, 800))
@@ -388,6 +389,7 @@ def make_image(rng):
         if b:
             leaf_boxes.append((1,) + tuple(b))
     cls = None
+    visible_fruit = 0  # fruit with any pixel in the frame, labelled or not
     r = rng.random()
     if r >= 0.12:  # 12 % of frames have no main fruit
         # A fruit cut by the frame may hide its defect, which would make the label
@@ -409,6 +411,7 @@ def make_image(rng):
             cy = rng.uniform(min(ext, H / 2), max(H - ext, H / 2))
         a = paste(rng, img, obj, mask, scale, angle, cx, cy, rng.random() < 0.6)
         b, vis = bbox_of(a, full * scale * scale)
+        visible_fruit += int(b is not None)
         if b is None or vis < 0.4:
             cls = None  # the fruit fell out of the frame: a no-fruit image
         if b is not None and vis > 0.15:
@@ -425,6 +428,7 @@ def make_image(rng):
                   (rng.uniform(0, W), -fruit_h / 2 + e), (rng.uniform(0, W), H + fruit_h / 2 - e)][side]
         a = paste(rng, img, obj, mask, scale, rng.uniform(-180, 180), cx, cy, False)
         b, vis = bbox_of(a, full * scale * scale)
+        visible_fruit += int(b is not None)
         if b is not None and vis > 0.1:
             boxes.append((0,) + tuple(b))
     # a leaf mostly hidden under a fruit is no longer a visible object
@@ -455,7 +459,7 @@ def make_image(rng):
     q = int(rng.integers(40, 96))
     ok, enc = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
     img = cv2.imdecode(enc, cv2.IMREAD_COLOR)
-    return img, boxes, cls
+    return img, boxes, cls, visible_fruit
 
 
 def main():
@@ -475,7 +479,7 @@ def main():
     rows = []
     for i in range(args.n):
         rng = np.random.default_rng([args.seed, i])
-        img, boxes, cls = make_image(rng)
+        img, boxes, cls, visible_fruit = make_image(rng)
         name = f"{args.seed}_{i:05d}.jpg"
         cv2.imwrite(os.path.join(img_dir, name), img, [cv2.IMWRITE_JPEG_QUALITY, args.quality])
         h, w = img.shape[:2]
@@ -484,8 +488,8 @@ def main():
             with open(os.path.join(lbl_dir, name[:-4] + ".txt"), "w") as f:
                 for c, x1, y1, x2, y2 in boxes:
                     f.write(f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}\n")
-        n_pears = sum(1 for b in boxes if b[0] == 0)
-        rows.append([name, -1 if cls is None else cls, n_pears, *(main_box[1:] if main_box else ("", "", "", ""))])
+        # "pears" counts every fruit with a visible pixel: an image is "without a pear" only if it has none.
+        rows.append([name, -1 if cls is None else cls, visible_fruit, *(main_box[1:] if main_box else ("", "", "", ""))])
     with open(os.path.join(args.out, "labels.csv"), "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["file", "class", "pears", "x1", "y1", "x2", "y2"])

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Trains the shipped default model on synthetic pears, end to end.
 
-One command (about an hour on a 2-core CPU):
+One command (about two hours on a 2-core CPU):
 
     pip install -r tools/requirements.txt
     python tools/train_default.py --work /tmp/pear-train --out weights/pear-default.safetensors
 
 Stages, each skipped when its output already exists in --work:
-  1. data     synthetic images (tools/synth_pears.py), seeds 1 (train), 2 (val), 3 (extra classifier crops)
+  1. data     synthetic images (tools/synth_pears.py): seeds 1 (detector train), 2 (detector val),
+              3-6 (classifier sets a-d)
   2. det      ultralytics YOLOv8n, 2 classes (0 pear, 1 leaf), trained from scratch
   3. cls      timm EfficientNet (width 0.5, depth 0.5 of b0) on crops of the labelled fruit,
               fed exactly as the server's pipeline feeds it: integer crop, shorter side
@@ -40,8 +41,9 @@ def run(cmd):
     subprocess.run(cmd, check=True)
 
 
-def stage_data(work, n_train, n_val, n_extra):
-    for name, n, seed in (("det_train", n_train, 1), ("det_val", n_val, 2), ("cls_a", n_extra, 3), ("cls_b", n_extra, 4)):
+def stage_data(work, n_train, n_val, n_extra, n_extra2):
+    for name, n, seed in (("det_train", n_train, 1), ("det_val", n_val, 2), ("cls_a", n_extra, 3), ("cls_b", n_extra, 4),
+                          ("cls_c", n_extra2, 5), ("cls_d", n_extra2, 6)):
         out = os.path.join(work, name)
         if os.path.exists(os.path.join(out, "labels.csv")):
             continue
@@ -96,7 +98,7 @@ def load_crops(work, size, copies, seed):
 
     rng = np.random.default_rng(seed)
     items = []
-    for name in ("cls_a", "cls_b"):
+    for name in ("cls_a", "cls_b", "cls_c", "cls_d"):
         root = os.path.join(work, name)
         with open(os.path.join(root, "labels.csv")) as f:
             for row in csv.DictReader(f):
@@ -126,8 +128,10 @@ def fit_long_side(a, long, rng, train):
     return a, portrait
 
 
-def stage_cls(work, epochs, size):
+def stage_cls(work, epochs, size, finetune_epochs):
+    """Phase 1: OneCycle from scratch. Phase 2: low, cosine-decayed LR on the same data."""
     out = os.path.join(work, "classifier.pth")
+    phase1 = os.path.join(work, "classifier_phase1.pth")
     if os.path.exists(out):
         return out
     import torch
@@ -169,31 +173,42 @@ def stage_cls(work, epochs, size):
             random.Random(int(rng.integers(1 << 30))).shuffle(out)
         return out
 
-    model = _gen_efficientnet("efficientnet_b0", channel_multiplier=0.5, depth_multiplier=0.5,
-                              pretrained=False, num_classes=len(CLASS_NAMES), drop_rate=0.1)
+    def run_phase(model, opt, sched, n_epochs, tag):
+        for ep in range(n_epochs):
+            model.train()
+            random.Random(f"{tag}-{ep}").shuffle(train)
+            tl, n = 0.0, 0
+            for x, y in batches(train, 32, True):
+                loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                tl += loss.item() * len(y)
+                n += len(y)
+            model.eval()
+            correct = 0
+            with torch.no_grad():
+                for x, y in batches(val, 64, False):
+                    correct += (model(x).argmax(1) == y).sum().item()
+            print(f"cls {tag} epoch {ep + 1}/{n_epochs}: loss {tl / n:.4f} val acc {correct / len(val):.4f} "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+
+    per_epoch = (len(train) + 31) // 32 + 2
+    if os.path.exists(phase1):
+        model = torch.load(phase1, map_location="cpu", weights_only=False)
+    else:
+        model = _gen_efficientnet("efficientnet_b0", channel_multiplier=0.5, depth_multiplier=0.5,
+                                  pretrained=False, num_classes=len(CLASS_NAMES), drop_rate=0.1)
+        model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.02)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * per_epoch, pct_start=0.15)
+        run_phase(model, opt, sched, epochs, "phase1")
+        torch.save(model.to(memory_format=torch.contiguous_format).eval(), phase1)
     model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.02)
-    steps = epochs * ((len(train) + 31) // 32 + 2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.15)
-    for ep in range(epochs):
-        model.train()
-        random.Random(ep).shuffle(train)
-        tl, n = 0.0, 0
-        for x, y in batches(train, 32, True):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            tl += loss.item() * len(y)
-            n += len(y)
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for x, y in batches(val, 64, False):
-                correct += (model(x).argmax(1) == y).sum().item()
-        print(f"cls epoch {ep + 1}/{epochs}: loss {tl / n:.4f} val acc {correct / len(val):.4f} "
-              f"({time.time() - t0:.0f}s)", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.02)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, finetune_epochs * per_epoch))
+    run_phase(model, opt, sched, finetune_epochs, "phase2")
     # a whole pickled module, like the original's efficientnetb3_512_version2.pth
     torch.save(model.to(memory_format=torch.contiguous_format).eval(), out)
     return out
@@ -205,20 +220,22 @@ def main():
     ap.add_argument("--out", required=True, help="bundle to write, e.g. weights/pear-default.safetensors")
     ap.add_argument("--det-epochs", type=int, default=16)
     ap.add_argument("--det-size", type=int, default=256)
-    ap.add_argument("--cls-epochs", type=int, default=18)
+    ap.add_argument("--cls-epochs", type=int, default=22)
+    ap.add_argument("--cls-finetune-epochs", type=int, default=8, help="phase 2 epochs at low LR")
     ap.add_argument("--cls-size", type=int, default=96)
     ap.add_argument("--n-train", type=int, default=2500)
     ap.add_argument("--n-val", type=int, default=250)
-    ap.add_argument("--n-extra", type=int, default=4000, help="images per classifier set (two sets)")
+    ap.add_argument("--n-extra", type=int, default=4000, help="images in each of classifier sets a and b")
+    ap.add_argument("--n-extra2", type=int, default=2500, help="images in each of classifier sets c and d")
     ap.add_argument("--stage", choices=["all", "data", "det", "cls", "bundle"], default="all")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     if args.stage in ("all", "data"):
-        stage_data(args.work, args.n_train, args.n_val, args.n_extra)
+        stage_data(args.work, args.n_train, args.n_val, args.n_extra, args.n_extra2)
     if args.stage in ("all", "det"):
         stage_det(args.work, args.det_epochs, args.det_size)
     if args.stage in ("all", "cls"):
-        stage_cls(args.work, args.cls_epochs, args.cls_size)
+        stage_cls(args.work, args.cls_epochs, args.cls_size, args.cls_finetune_epochs)
     if args.stage in ("all", "bundle"):
         run([sys.executable, os.path.join(HERE, "convert.py"),
              "--detector", os.path.join(args.work, "det", "weights", "best.pt"),

@@ -25,6 +25,9 @@ struct Args {
     /// Print every misjudged image.
     #[arg(long)]
     verbose: bool,
+    /// Also print found / no-pear rates for thresholds 0.3..0.9 (run with a low --threshold).
+    #[arg(long)]
+    sweep: bool,
 }
 
 fn main() {
@@ -44,6 +47,8 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let (mut with, mut found, mut without, mut clean, mut correct) = (0, 0, 0, 0, 0);
     let t = Instant::now();
     let mut n = 0;
+    // best fruit score per image (None: no fruit box at the run's threshold), for --sweep
+    let (mut scores_with, mut scores_without) = (Vec::new(), Vec::new());
     for line in csv.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() < 3 {
@@ -54,6 +59,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let ins = p.inspect(&img)?;
         n += 1;
         if class >= 0 {
+            scores_with.push(ins.detection_score);
             with += 1;
             let col = ins.class.unwrap_or(n_cls);
             confusion[class as usize][col] += 1;
@@ -66,6 +72,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 println!("{file}: true {class}, got {:?}", ins.class);
             }
         } else if pears == 0 {
+            scores_without.push(ins.detection_score);
             without += 1;
             if ins.class.is_none() {
                 clean += 1;
@@ -79,6 +86,13 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("pear found:      {found}/{with} = {:.2} %", pct(found, with));
     println!("no pear correct: {clean}/{without} = {:.2} %", pct(clean, without));
     println!("class accuracy:  {correct}/{with} = {:.2} %", pct(correct, with));
+    if a.sweep {
+        for th in [0.3f32, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] {
+            let f = scores_with.iter().filter(|s| s.is_some_and(|s| s >= th)).count();
+            let c = scores_without.iter().filter(|s| !s.is_some_and(|s| s >= th)).count();
+            println!("threshold {th:.1}: pear found {:.2} %, no pear correct {:.2} %", pct(f, with), pct(c, without));
+        }
+    }
     println!("confusion (rows: true class, last column: not found):");
     for (i, row) in confusion.iter().enumerate() {
         println!("  {:>14} {:?}", p.meta.classifier.class_names[i], row);

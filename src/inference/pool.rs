@@ -130,9 +130,4 @@ impl Pool {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
-
-    /// Jobs waiting for a worker now.
-    pub fn queued(&self) -> usize {
-        self.tx.len()
-    }
 }
