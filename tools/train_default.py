@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Trains the shipped default model on synthetic pears, end to end.
 
-One command (about two hours on a 2-core CPU):
+One command (about an hour and a half on a 2-core CPU):
 
     pip install -r tools/requirements.txt
     python tools/train_default.py --work /tmp/pear-train --out weights/pear-default.safetensors
