@@ -128,8 +128,10 @@ def fit_long_side(a, long, rng, train):
     return a, portrait
 
 
-def stage_cls(work, epochs, size, finetune_epochs):
-    """Phase 1: OneCycle from scratch. Phase 2: low, cosine-decayed LR on the same data."""
+def stage_cls(work, epochs, size, finetune_epochs, finetune_size):
+    """Phase 1: OneCycle from scratch at `size`. Phase 2: low, cosine-decayed LR at
+    `finetune_size` (the network is fully convolutional; thin cracks and scratches
+    gain pixels), which is the size the bundle then declares."""
     out = os.path.join(work, "classifier.pth")
     phase1 = os.path.join(work, "classifier_phase1.pth")
     if os.path.exists(out):
@@ -142,17 +144,19 @@ def stage_cls(work, epochs, size, finetune_epochs):
     torch.set_num_threads(os.cpu_count() or 2)
     rng = np.random.default_rng(0)
     t0 = time.time()
-    items = load_crops(work, size, 1, 0)
-    random.Random(0).shuffle(items)
-    n_val = max(200, len(items) // 20)
-    val, train = items[:n_val], items[n_val:]
-    print(f"classifier crops: {len(train)} train, {len(val)} val ({time.time() - t0:.0f}s)", flush=True)
-    long = int(size * 3 / 2)
+    state = {}
+
+    def use_size(sz):
+        items = load_crops(work, sz, 1, 0)
+        random.Random(0).shuffle(items)
+        n_val = max(200, len(items) // 20)
+        state.update(val=items[:n_val], train=items[n_val:], long=int(sz * 3 / 2))
+        print(f"classifier crops at {sz}: {len(items) - n_val} train, {n_val} val ({time.time() - t0:.0f}s)", flush=True)
 
     def batches(data, bs, train_mode):
         groups = {True: [], False: []}
         for crop, y in data:
-            a, portrait = fit_long_side(crop, long, rng, train_mode)
+            a, portrait = fit_long_side(crop, state["long"], rng, train_mode)
             if train_mode:
                 if rng.random() < 0.5:
                     a = a[:, ::-1]
@@ -174,6 +178,7 @@ def stage_cls(work, epochs, size, finetune_epochs):
         return out
 
     def run_phase(model, opt, sched, n_epochs, tag):
+        train, val = state["train"], state["val"]
         for ep in range(n_epochs):
             model.train()
             random.Random(f"{tag}-{ep}").shuffle(train)
@@ -194,18 +199,21 @@ def stage_cls(work, epochs, size, finetune_epochs):
             print(f"cls {tag} epoch {ep + 1}/{n_epochs}: loss {tl / n:.4f} val acc {correct / len(val):.4f} "
                   f"({time.time() - t0:.0f}s)", flush=True)
 
-    per_epoch = (len(train) + 31) // 32 + 2
     if os.path.exists(phase1):
         model = torch.load(phase1, map_location="cpu", weights_only=False)
     else:
         model = _gen_efficientnet("efficientnet_b0", channel_multiplier=0.5, depth_multiplier=0.5,
                                   pretrained=False, num_classes=len(CLASS_NAMES), drop_rate=0.1)
         model = model.to(memory_format=torch.channels_last)
+        use_size(size)
+        per_epoch = (len(state["train"]) + 31) // 32 + 2
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.02)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * per_epoch, pct_start=0.15)
         run_phase(model, opt, sched, epochs, "phase1")
         torch.save(model.to(memory_format=torch.contiguous_format).eval(), phase1)
     model = model.to(memory_format=torch.channels_last)
+    use_size(finetune_size)
+    per_epoch = (len(state["train"]) + 31) // 32 + 2
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.02)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, finetune_epochs * per_epoch))
     run_phase(model, opt, sched, finetune_epochs, "phase2")
@@ -222,7 +230,8 @@ def main():
     ap.add_argument("--det-size", type=int, default=256)
     ap.add_argument("--cls-epochs", type=int, default=22)
     ap.add_argument("--cls-finetune-epochs", type=int, default=8, help="phase 2 epochs at low LR")
-    ap.add_argument("--cls-size", type=int, default=96)
+    ap.add_argument("--cls-size", type=int, default=96, help="phase 1 input (shorter side)")
+    ap.add_argument("--cls-finetune-size", type=int, default=112, help="phase 2 input = the bundle's input size")
     ap.add_argument("--n-train", type=int, default=2500)
     ap.add_argument("--n-val", type=int, default=250)
     ap.add_argument("--n-extra", type=int, default=4000, help="images in each of classifier sets a and b")
@@ -235,13 +244,13 @@ def main():
     if args.stage in ("all", "det"):
         stage_det(args.work, args.det_epochs, args.det_size)
     if args.stage in ("all", "cls"):
-        stage_cls(args.work, args.cls_epochs, args.cls_size, args.cls_finetune_epochs)
+        stage_cls(args.work, args.cls_epochs, args.cls_size, args.cls_finetune_epochs, args.cls_finetune_size)
     if args.stage in ("all", "bundle"):
         run([sys.executable, os.path.join(HERE, "convert.py"),
              "--detector", os.path.join(args.work, "det", "weights", "best.pt"),
              "--classifier", os.path.join(args.work, "classifier.pth"),
              "--out", args.out, "--classes", ",".join(CLASS_NAMES),
-             "--classifier-size", str(args.cls_size), "--channel-order", "rgb",
+             "--classifier-size", str(args.cls_finetune_size), "--channel-order", "rgb",
              "--classifier-variant", "efficientnet_b0 scaled to width 0.5, depth 0.5",
              "--confidence-threshold", "0.5",
              "--source", "pear-server default model: trained on synthetic pears (tools/train_default.py)"])
