@@ -8,7 +8,7 @@
 use super::depthwise::DepthwiseConv2d;
 use super::weights::Weights;
 use super::{ModelError, Result};
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -31,17 +31,13 @@ enum Kind {
     Pointwise { w: Tensor, b: Tensor },
     Depthwise(DepthwiseConv2d),
     /// weight (O, I/groups, k, k), bias (1, O, 1, 1)
-    General { w: Tensor, b: Tensor, groups: usize },
+    General { w: Tensor, b: Tensor, groups: usize, stride: usize, pad: usize },
 }
 
 /// A convolution with its batch norm folded in, and an activation.
 #[derive(Debug, Clone)]
 pub struct Conv {
     kind: Kind,
-    /// Also used for the general path when the depthwise kernel cannot run (GPU).
-    fallback: Option<(Tensor, Tensor)>,
-    stride: usize,
-    pad: usize,
     act: Act,
     pub in_channels: usize,
     pub out_channels: usize,
@@ -76,18 +72,17 @@ impl Conv {
         }
         let pad = kh / 2;
         let on_cpu = matches!(w.device(), Device::Cpu);
-        let (kind, fallback, in_channels) = if kh == 1 && stride == 1 {
-            let kind = Kind::Pointwise { w: w.reshape((o, i_per_group))?, b: b.reshape((o, 1))? };
-            (kind, None, i_per_group)
+        // Depthwise runs our CPU kernel; elsewhere (GPU) candle's grouped conv.
+        let (kind, in_channels) = if kh == 1 && stride == 1 {
+            (Kind::Pointwise { w: w.reshape((o, i_per_group))?, b: b.reshape((o, 1))? }, i_per_group)
         } else if i_per_group == 1 && o > 1 && on_cpu {
-            let kind = Kind::Depthwise(DepthwiseConv2d::new(&w, &b, stride, pad, act == Act::Silu)?);
-            (kind, Some((w.clone(), b.reshape((1, o, 1, 1))?)), o)
+            (Kind::Depthwise(DepthwiseConv2d::new(&w, &b, stride, pad, act == Act::Silu)?), o)
         } else if i_per_group == 1 && o > 1 {
-            (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: o }, None, o)
+            (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: o, stride, pad }, o)
         } else {
-            (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: 1 }, None, i_per_group)
+            (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: 1, stride, pad }, i_per_group)
         };
-        Ok(Conv { kind, fallback, stride, pad, act, in_channels, out_channels: o })
+        Ok(Conv { kind, act, in_channels, out_channels: o })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -98,25 +93,12 @@ impl Conv {
                 let y = w.broadcast_matmul(&flat)?.broadcast_add(b)?;
                 self.act.apply(y.reshape((n, self.out_channels, h, wd))?)
             }
-            Kind::Depthwise(op) => match x.device() {
-                Device::Cpu => op.forward(x), // bias and SiLU fused in the kernel
-                _ => {
-                    let (w, b) = self.fallback.as_ref().ok_or_else(|| candle_core::Error::Msg("no fallback".into()))?;
-                    let y = x.conv2d(w, self.pad, self.stride, 1, self.out_channels)?.broadcast_add(b)?;
-                    self.act.apply(y)
-                }
-            },
-            Kind::General { w, b, groups } => {
-                let y = x.conv2d(w, self.pad, self.stride, 1, *groups)?.broadcast_add(b)?;
+            Kind::Depthwise(op) => op.forward(x), // bias and SiLU fused in the kernel
+            Kind::General { w, b, groups, stride, pad } => {
+                let y = x.conv2d(w, *pad, *stride, 1, *groups)?.broadcast_add(b)?;
                 self.act.apply(y)
             }
         }
-    }
-}
-
-impl Module for Conv {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        Conv::forward(self, xs)
     }
 }
 

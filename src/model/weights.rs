@@ -15,7 +15,6 @@ pub struct Weights {
     tensors: Arc<HashMap<String, Tensor>>,
     used: Arc<Mutex<BTreeSet<String>>>,
     prefix: String,
-    device: Device,
 }
 
 impl Weights {
@@ -25,7 +24,7 @@ impl Weights {
         for (k, t) in tensors {
             map.insert(k, t.to_dtype(DType::F32)?.to_device(device)?);
         }
-        Ok(Weights { tensors: Arc::new(map), used: Default::default(), prefix: String::new(), device: device.clone() })
+        Ok(Weights { tensors: Arc::new(map), used: Default::default(), prefix: String::new() })
     }
 
     /// A view under `prefix.` (like `VarBuilder::pp`).
@@ -96,9 +95,5 @@ impl Weights {
             self.tensors.keys().filter(|k| k.starts_with(&p) && !used.contains(*k)).cloned().collect();
         v.sort();
         v
-    }
-
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 }

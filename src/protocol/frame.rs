@@ -40,7 +40,7 @@ impl Framer {
     }
 
     /// True when bytes of an unfinished request are waiting.
-    pub fn has_partial(&self) -> bool {
+    fn has_partial(&self) -> bool {
         self.buf.iter().any(|b| !b.is_ascii_whitespace())
     }
 
