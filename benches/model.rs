@@ -10,7 +10,8 @@
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use pear_server::model::efficientnet::EfficientNet;
-use pear_server::model::pipeline::{decode_image, Pipeline};
+use pear_server::decode::decode_image;
+use pear_server::model::pipeline::Pipeline;
 use pear_server::model::weights::Weights;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -38,7 +39,7 @@ fn bench(c: &mut Criterion) {
     let dev = Device::Cpu;
     let bundle = Path::new(ROOT).join("weights/pear-default.safetensors");
     let pipeline = Pipeline::load(&bundle, &dev, None).unwrap();
-    let img = decode_image(&std::fs::read(Path::new(ROOT).join("samples/normal_1.jpg")).unwrap()).unwrap();
+    let img = decode_image(&std::fs::read(Path::new(ROOT).join("samples/normal_1.jpg")).unwrap(), &Default::default()).unwrap();
     let mut g = c.benchmark_group("model");
     g.sample_size(10).measurement_time(Duration::from_secs(8)).warm_up_time(Duration::from_secs(2));
 

@@ -5,6 +5,7 @@
 //! Relative paths are taken relative to the config file's folder, so the
 //! server behaves the same whatever directory it is started from.
 
+use crate::decode::Limits;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -90,11 +91,19 @@ pub struct ImagesSection {
     pub dir: PathBuf,
     /// Folders 0x30 may switch to (and their subfolders); empty = `dir` only.
     pub allowed_roots: Vec<PathBuf>,
+    /// Largest image (width x height) decoded; checked from the header, before any pixel buffer.
+    pub max_pixels: u64,
 }
 
 impl Default for ImagesSection {
     fn default() -> Self {
-        ImagesSection { dir: "samples".into(), allowed_roots: vec![] }
+        ImagesSection { dir: "samples".into(), allowed_roots: vec![], max_pixels: Limits::default().max_pixels }
+    }
+}
+
+impl ImagesSection {
+    pub fn limits(&self) -> Limits {
+        Limits { max_pixels: self.max_pixels }
     }
 }
 
@@ -156,6 +165,9 @@ impl Config {
         }
         if self.inference.request_timeout_secs == 0 {
             return invalid("inference.request_timeout_secs", "must be at least 1");
+        }
+        if self.images.max_pixels == 0 {
+            return invalid("images.max_pixels", "must be at least 1");
         }
         if let Some(t) = self.model.confidence_threshold {
             if !(0.0..=1.0).contains(&t) {

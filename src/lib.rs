@@ -3,11 +3,13 @@
 //!
 //! Layers, outside in: `server` (sockets and threads), `commands` (one file
 //! per protocol command), `inference` (the worker pool), `protocol` (pure
-//! parsing/formatting), `model` (pure math). `state` is what connections
+//! parsing/formatting), `model` (pure math), `decode` (image files to pixels,
+//! as the original's OpenCV read them). `state` is what connections
 //! share, `config` is server.toml, `paths` keeps client paths in their folders.
 
 pub mod commands;
 pub mod config;
+pub mod decode;
 pub mod inference;
 pub mod model;
 pub mod paths;

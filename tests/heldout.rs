@@ -4,7 +4,8 @@
 //! regression in the model code or the weights is caught. The full held-out
 //! measurement (500 images) is `pear-eval`, see the README.
 
-use pear_server::model::pipeline::{decode_image, Pipeline};
+use pear_server::decode::decode_image;
+use pear_server::model::pipeline::Pipeline;
 use std::path::Path;
 
 #[test]
@@ -17,7 +18,7 @@ fn default_model_accuracy_floor() {
     for line in csv.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let (class, pears): (i64, usize) = (f[1].parse().unwrap(), f[2].parse().unwrap());
-        let img = decode_image(&std::fs::read(dir.join(f[0])).unwrap()).unwrap();
+        let img = decode_image(&std::fs::read(dir.join(f[0])).unwrap(), &Default::default()).unwrap();
         let got = p.inspect(&img).unwrap().class;
         if class >= 0 {
             with += 1;

@@ -8,7 +8,8 @@
 //! class -1 with pears 0 is an image without fruit; class >= 0 has a main fruit.
 
 use clap::Parser;
-use pear_server::model::pipeline::{decode_image, Pipeline};
+use pear_server::decode::decode_image;
+use pear_server::model::pipeline::Pipeline;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -55,7 +56,7 @@ fn run(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let (file, class, pears): (&str, i64, usize) = (f[0], f[1].parse()?, f[2].parse()?);
-        let img = decode_image(&std::fs::read(img_dir.join(file))?)?;
+        let img = decode_image(&std::fs::read(img_dir.join(file))?, &Default::default())?;
         let ins = p.inspect(&img)?;
         n += 1;
         if class >= 0 {

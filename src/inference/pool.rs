@@ -1,6 +1,7 @@
 //! The worker pool: N threads, one bounded queue, jobs that can be cancelled.
 
-use crate::model::pipeline::{decode_image, Inspection, Pipeline};
+use crate::decode::{decode_image, Limits};
+use crate::model::pipeline::{Inspection, Pipeline};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use image::RgbImage;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -75,7 +76,7 @@ pub struct Job {
 }
 
 impl Job {
-    fn run(self) {
+    fn run(self, limits: &Limits) {
         if !self.state.start() {
             return; // cancelled: the canceller has answered for it
         }
@@ -84,7 +85,7 @@ impl Job {
         } else {
             match std::fs::read(&self.path) {
                 Err(e) => Outcome::Unreadable(format!("cannot read image: {e}")),
-                Ok(bytes) => match decode_image(&bytes) {
+                Ok(bytes) => match decode_image(&bytes, limits) {
                     Err(e) => Outcome::Unreadable(e.to_string()),
                     Ok(img) => match catch_unwind(AssertUnwindSafe(|| self.inspector.inspect(&img))) {
                         Ok(Ok(ins)) => Outcome::Done(ins),
@@ -106,14 +107,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(workers: usize, capacity: usize) -> std::io::Result<Pool> {
+    pub fn new(workers: usize, capacity: usize, limits: Limits) -> std::io::Result<Pool> {
         let (tx, rx): (Sender<Job>, Receiver<Job>) = bounded(capacity);
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {
             let rx = rx.clone();
             handles.push(std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    job.run();
+                    job.run(&limits);
                 }
             })?);
         }

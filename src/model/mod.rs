@@ -32,8 +32,6 @@ pub enum ModelError {
     BadShape { name: String, expected: String, got: Vec<usize> },
     #[error("invalid model metadata: {0}")]
     BadMetadata(String),
-    #[error("cannot decode image: {0}")]
-    Image(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }

@@ -150,9 +150,3 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     let s: f32 = e.iter().sum();
     e.iter().map(|v| v / s).collect()
 }
-
-/// Decodes an image file to RGB (grey and alpha images are converted as OpenCV's imread does).
-pub fn decode_image(bytes: &[u8]) -> Result<RgbImage> {
-    let img = image::load_from_memory(bytes).map_err(|e| ModelError::Image(e.to_string()))?;
-    Ok(img.to_rgb8())
-}
