@@ -7,8 +7,9 @@
 The bundle must be the conversion of DET.pt + CLS.pth; its metadata gives the
 settings (letterbox size, classifier size, channel order, threshold), so the
 reference runs exactly what the bundle claims. For each of 8 PNG images of
-different sizes and aspect ratios (written to --out, lossless so decoding
-cannot differ) it records:
+different sizes and aspect ratios (written to --out as PNG, lossless so
+decoding cannot differ; or with --format jpg as JPEG, quality --quality, which
+both pipelines must then decode as OpenCV's imread does) it records:
   raw_<i>      the detector's raw output (4 + classes, anchors) on ultralytics'
                own LetterBox of the image (safetensors, f32)
   boxes        ultralytics predict() final boxes (conf 0.25, IoU 0.7), image pixels
@@ -61,6 +62,8 @@ def main():
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=77)
+    ap.add_argument("--format", choices=["png", "jpg"], default="png")
+    ap.add_argument("--quality", type=int, default=92, help="JPEG quality (--format jpg)")
     args = ap.parse_args()
     from safetensors.torch import save_file
     from ultralytics import YOLO
@@ -90,9 +93,9 @@ def main():
             continue  # most fixtures should exercise the classifier; the last may be empty
         w, h = SIZES[len(records)]
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        name = f"parity_{len(records)}_{w}x{h}.png"
+        name = f"parity_{len(records)}_{w}x{h}.{args.format}"
         path = os.path.join(args.out, name)
-        cv2.imwrite(path, img)
+        cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, args.quality] if args.format == "jpg" else [])
         img = cv2.imread(path)
         lb = LetterBox(det_meta["imgsz"], auto=True, stride=det_meta["stride"])(image=img)
         x = torch.from_numpy(np.ascontiguousarray(lb[..., ::-1].transpose(2, 0, 1))).float().unsqueeze(0) / 255
