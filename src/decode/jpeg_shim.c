@@ -115,9 +115,15 @@ int pear_jpeg_decode(pear_jpeg *j, int cmyk, uint8_t *out, size_t out_len) {
                  j->cinfo.output_width, j->cinfo.output_height, j->cinfo.output_components);
         return -1;
     }
+    /* Many rows per call: a 2-row chroma group then needs no spare-row copy. */
     while (j->cinfo.output_scanline < j->cinfo.output_height) {
-        JSAMPROW row = out + (size_t)j->cinfo.output_scanline * stride;
-        if (jpeg_read_scanlines(&j->cinfo, &row, 1) != 1) {
+        JSAMPROW rows[16];
+        JDIMENSION n = j->cinfo.output_height - j->cinfo.output_scanline, i;
+        if (n > 16)
+            n = 16;
+        for (i = 0; i < n; i++)
+            rows[i] = out + (size_t)(j->cinfo.output_scanline + i) * stride;
+        if (jpeg_read_scanlines(&j->cinfo, rows, n) == 0) {
             snprintf(j->err.message, sizeof j->err.message, "decoder stopped at row %u", j->cinfo.output_scanline);
             return -1;
         }
