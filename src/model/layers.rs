@@ -2,10 +2,13 @@
 //!
 //! Batch norm is folded into the preceding convolution at load time
 //! (w' = w * g/sqrt(v+eps), b' = beta - mean * g/sqrt(v+eps)): the same function,
-//! one pass fewer. 1x1 convolutions run as a matrix product (no im2col copy),
-//! depthwise ones through our own kernel, the rest through candle's conv2d.
+//! one pass fewer. On the CPU, dense convolutions run through our GEMM kernel
+//! and depthwise ones through our direct kernel, both with bias and SiLU
+//! fused; elsewhere (GPU) 1x1 convolutions are a matrix product and the rest
+//! candle's conv2d.
 
 use super::depthwise::DepthwiseConv2d;
+use super::gemm_conv::GemmConv2d;
 use super::weights::Weights;
 use super::{ModelError, Result};
 use candle_core::{Device, Tensor, D};
@@ -27,9 +30,12 @@ impl Act {
 
 #[derive(Debug, Clone)]
 enum Kind {
+    /// CPU, groups = 1: bias and SiLU fused in the kernel.
+    Gemm(GemmConv2d),
+    /// CPU, one input channel per group: bias and SiLU fused in the kernel.
+    Depthwise(DepthwiseConv2d),
     /// weight (O, I), bias (O, 1)
     Pointwise { w: Tensor, b: Tensor },
-    Depthwise(DepthwiseConv2d),
     /// weight (O, I/groups, k, k), bias (1, O, 1, 1)
     General { w: Tensor, b: Tensor, groups: usize, stride: usize, pad: usize },
 }
@@ -72,11 +78,13 @@ impl Conv {
         }
         let pad = kh / 2;
         let on_cpu = matches!(w.device(), Device::Cpu);
-        // Depthwise runs our CPU kernel; elsewhere (GPU) candle's grouped conv.
-        let (kind, in_channels) = if kh == 1 && stride == 1 {
+        let silu = act == Act::Silu;
+        let (kind, in_channels) = if on_cpu && i_per_group == 1 && o > 1 {
+            (Kind::Depthwise(DepthwiseConv2d::new(&w, &b, stride, pad, silu)?), o)
+        } else if on_cpu {
+            (Kind::Gemm(GemmConv2d::new(&w, &b, stride, pad, silu)?), i_per_group)
+        } else if kh == 1 && stride == 1 {
             (Kind::Pointwise { w: w.reshape((o, i_per_group))?, b: b.reshape((o, 1))? }, i_per_group)
-        } else if i_per_group == 1 && o > 1 && on_cpu {
-            (Kind::Depthwise(DepthwiseConv2d::new(&w, &b, stride, pad, act == Act::Silu)?), o)
         } else if i_per_group == 1 && o > 1 {
             (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: o, stride, pad }, o)
         } else {
@@ -93,7 +101,8 @@ impl Conv {
                 let y = w.broadcast_matmul(&flat)?.broadcast_add(b)?;
                 self.act.apply(y.reshape((n, self.out_channels, h, wd))?)
             }
-            Kind::Depthwise(op) => op.forward(x), // bias and SiLU fused in the kernel
+            Kind::Gemm(op) => op.forward(x),
+            Kind::Depthwise(op) => op.forward(x),
             Kind::General { w, b, groups, stride, pad } => {
                 let y = x.conv2d(w, *pad, *stride, 1, *groups)?.broadcast_add(b)?;
                 self.act.apply(y)

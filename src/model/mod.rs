@@ -2,13 +2,15 @@
 //!
 //! `bundle` reads the one-file model format, `weights` hands tensors to the
 //! layers, `yolo` and `efficientnet` are the networks (candle, one struct per
-//! layer), `depthwise` is our CPU depthwise convolution, `preprocess` and
-//! `nms` reproduce ultralytics' and PIL's image handling bit for bit, and
+//! layer), `depthwise` and `gemm_conv` are our CPU convolution kernels,
+//! `preprocess` and `nms` reproduce ultralytics' and PIL's image handling bit
+//! for bit, and
 //! `pipeline` strings them together the way the original server did.
 
 pub mod bundle;
 pub mod depthwise;
 pub mod efficientnet;
+pub mod gemm_conv;
 pub mod layers;
 pub mod nms;
 pub mod pipeline;
