@@ -10,6 +10,7 @@
 //! directly on top of the bias; SiLU runs over the output while it is hot.
 //! 1x1 stride-1 convolutions skip im2col: the input already is that matrix.
 
+use super::activation::silu_inplace;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -143,11 +144,10 @@ impl GemmConv2d {
             );
         }
         if self.silu {
-            let act = |v: &mut [f32]| v.iter_mut().for_each(|x| *x /= 1.0 + (-*x).exp());
             if dst.len() >= PAR_MIN {
-                dst.par_chunks_mut(PAR_MIN).for_each(act);
+                dst.par_chunks_mut(PAR_MIN).for_each(silu_inplace);
             } else {
-                act(dst);
+                silu_inplace(dst);
             }
         }
     }

@@ -7,6 +7,7 @@
 //! for bit, and
 //! `pipeline` strings them together the way the original server did.
 
+pub mod activation;
 pub mod bundle;
 pub mod depthwise;
 pub mod efficientnet;
