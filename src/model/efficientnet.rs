@@ -27,12 +27,12 @@ impl SqueezeExcite {
         Ok(SqueezeExcite { reduce: Linear::load(&vb.pp("conv_reduce"))?, expand: Linear::load(&vb.pp("conv_expand"))? })
     }
 
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, c, _, _) = x.dims4()?;
+    /// Per-channel gates (N, C) for `x`; the next convolution applies them
+    /// (`Conv::forward_with`), so the gated activation is never materialised.
+    pub fn gate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let s = global_avg_pool(x)?;
         let s = candle_nn::ops::silu(&self.reduce.forward(&s)?)?;
-        let g = candle_nn::ops::sigmoid(&self.expand.forward(&s)?)?;
-        x.broadcast_mul(&g.reshape((n, c, 1, 1))?)
+        candle_nn::ops::sigmoid(&self.expand.forward(&s)?)
     }
 }
 
@@ -63,20 +63,14 @@ impl Block {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Block::DepthwiseSeparable { conv_dw, se, conv_pw, skip } => {
-                let mut y = conv_dw.forward(x)?;
-                if let Some(se) = se {
-                    y = se.forward(&y)?;
-                }
-                let y = conv_pw.forward(&y)?;
-                if *skip { y + x } else { Ok(y) }
+                let y = conv_dw.forward(x)?;
+                let gate = se.as_ref().map(|se| se.gate(&y)).transpose()?;
+                conv_pw.forward_with(&[&y], gate.as_ref(), skip.then_some(x))
             }
             Block::InvertedResidual { conv_pw, conv_dw, se, conv_pwl, skip } => {
-                let mut y = conv_dw.forward(&conv_pw.forward(x)?)?;
-                if let Some(se) = se {
-                    y = se.forward(&y)?;
-                }
-                let y = conv_pwl.forward(&y)?;
-                if *skip { y + x } else { Ok(y) }
+                let y = conv_dw.forward(&conv_pw.forward(x)?)?;
+                let gate = se.as_ref().map(|se| se.gate(&y)).transpose()?;
+                conv_pwl.forward_with(&[&y], gate.as_ref(), skip.then_some(x))
             }
         }
     }

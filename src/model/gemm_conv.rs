@@ -9,9 +9,14 @@
 //! into a buffer each worker thread keeps, and the product lands in NCHW
 //! directly on top of the bias; SiLU runs over the output while it is hot.
 //! 1x1 stride-1 convolutions skip im2col: the input already is that matrix.
+//! Three more copies are folded in: a concatenated input is given as its
+//! parts (one GEMM per part into the same output), a squeeze-excite gate
+//! scales the weights' input columns instead of the activations, and a
+//! residual is added in the output pass.
 
 use super::activation::silu_inplace;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use super::cpu::cpu_f32;
+use candle_core::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -57,7 +62,7 @@ impl GemmConv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(self)
+        self.run(&[x], None, None)
     }
 
     fn out_size(&self, n: usize) -> usize {
@@ -107,19 +112,108 @@ impl GemmConv2d {
         }
     }
 
-    /// One image: `dst` (O x n) = bias + weight (O x K) * cols (K x n), then SiLU.
-    fn image(&self, cols: &[f32], dst: &mut [f32], n: usize) {
-        let (o, kk) = (self.out_channels, self.in_channels * self.k * self.k);
+    /// `act(bias + W' * concat(parts)) + residual` for NCHW inputs: `parts`
+    /// are consecutive slices of the input channels (so a concatenation is
+    /// never materialised), `gate` (N, I) scales input channels per image
+    /// (squeeze-excite, folded into a copy of the weights), `residual` has the
+    /// output's shape and is added after the activation.
+    pub fn run(&self, parts: &[&Tensor], gate: Option<&Tensor>, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let Some(first) = parts.first() else { candle_core::bail!("conv needs an input") };
+        let (batch, _, h, w) = first.dims4()?;
+        let mut channels = Vec::with_capacity(parts.len());
+        for p in parts {
+            let (b, c, ph, pw) = p.dims4()?;
+            if (b, ph, pw) != (batch, h, w) {
+                candle_core::bail!("conv input parts disagree: {:?} vs {:?}", p.dims(), first.dims());
+            }
+            channels.push(c);
+        }
+        if channels.iter().sum::<usize>() != self.in_channels {
+            candle_core::bail!("conv expects {} input channels, got {channels:?}", self.in_channels);
+        }
+        if h + 2 * self.pad < self.k || w + 2 * self.pad < self.k {
+            candle_core::bail!("conv input {h}x{w} smaller than its {0}x{0} kernel", self.k);
+        }
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let (n, o) = (oh * ow, self.out_channels);
+        let parts: Vec<Tensor> = parts.iter().map(|p| p.contiguous()).collect::<candle_core::Result<_>>()?;
+        let gate = gate.map(|g| g.flatten_all()?.to_vec1::<f32>()).transpose()?;
+        if gate.as_ref().is_some_and(|g| g.len() != batch * self.in_channels) {
+            candle_core::bail!("conv gate must have {batch}x{} values", self.in_channels);
+        }
+        let residual = residual.map(|r| r.contiguous()).transpose()?;
+        if let Some(r) = &residual {
+            if r.dims() != [batch, o, oh, ow] {
+                candle_core::bail!("residual {:?} does not match conv output {:?}", r.dims(), [batch, o, oh, ow]);
+            }
+        }
+        let views = parts.iter().map(cpu_f32).collect::<candle_core::Result<Vec<_>>>()?;
+        let res_view = residual.as_ref().map(cpu_f32).transpose()?;
+        let mut out = vec![0f32; batch * o * n];
+        let mut scaled = Vec::new();
+        for (b, dst) in out.chunks_mut(o * n).enumerate() {
+            let weight: &[f32] = match &gate {
+                Some(g) => {
+                    self.scale_weight(&g[b * self.in_channels..(b + 1) * self.in_channels], &mut scaled);
+                    &scaled
+                }
+                None => &self.weight,
+            };
+            self.init(dst, n);
+            let mut c_off = 0;
+            for (view, &c) in views.iter().zip(&channels) {
+                let img = &view.slice()[b * c * h * w..(b + 1) * c * h * w];
+                if self.is_pointwise() {
+                    self.accumulate(weight, c_off, c, img, dst, n);
+                } else {
+                    let kk = c * self.k * self.k;
+                    COLUMNS.with_borrow_mut(|cols| {
+                        cols.resize(kk * n, 0.0);
+                        self.im2col(img, h, w, oh, ow, &mut cols[..kk * n]);
+                        self.accumulate(weight, c_off, c, &cols[..kk * n], dst, n);
+                    });
+                }
+                c_off += c;
+            }
+            let res = res_view.as_ref().map(|r| &r.slice()[b * o * n..(b + 1) * o * n]);
+            self.finish(dst, res);
+        }
+        drop(views);
+        Tensor::from_vec(out, (batch, o, oh, ow), first.device())
+    }
+
+    /// The weights with input channel c scaled by `g[c]`.
+    fn scale_weight(&self, g: &[f32], out: &mut Vec<f32>) {
+        let per = self.k * self.k;
+        out.clear();
+        out.extend_from_slice(&self.weight);
+        for row in out.chunks_mut(self.in_channels * per) {
+            for (taps, &gc) in row.chunks_mut(per).zip(g) {
+                taps.iter_mut().for_each(|v| *v *= gc);
+            }
+        }
+    }
+
+    /// Every output row starts as its bias.
+    fn init(&self, dst: &mut [f32], n: usize) {
         let init = |(r, row): (usize, &mut [f32])| row.fill(self.bias[r]);
         if n >= PAR_MIN {
             dst.par_chunks_mut(n).enumerate().for_each(init);
         } else {
             dst.chunks_mut(n).enumerate().for_each(init);
         }
+    }
+
+    /// `dst` (O x n) += weight[:, input channels c_off..c_off+c] (O x c*k*k) * cols (c*k*k x n).
+    fn accumulate(&self, weight: &[f32], c_off: usize, c: usize, cols: &[f32], dst: &mut [f32], n: usize) {
+        let per = self.k * self.k;
+        let (o, kk, row) = (self.out_channels, c * per, self.in_channels * per);
         let threads = rayon::current_num_threads();
         let par = if threads > 1 && o * n * kk >= 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        // SAFETY: the three matrices are dense row-major slices of exactly
-        // o*n, o*kk and kk*n floats (checked by the caller), not aliasing.
+        debug_assert!(weight.len() == o * row && cols.len() == kk * n && dst.len() == o * n);
+        // SAFETY: dst is o x n and cols kk x n, dense row-major; the weight
+        // block starts at column c_off*per of an o x row matrix and spans kk
+        // columns, inside it since c_off + c <= in_channels. No aliasing.
         unsafe {
             gemm::gemm(
                 o,
@@ -129,9 +223,9 @@ impl GemmConv2d {
                 1,
                 n as isize,
                 true,
-                self.weight.as_ptr(),
+                weight.as_ptr().add(c_off * per),
                 1,
-                kk as isize,
+                row as isize,
                 cols.as_ptr(),
                 1,
                 n as isize,
@@ -143,51 +237,27 @@ impl GemmConv2d {
                 par,
             );
         }
-        if self.silu {
-            if dst.len() >= PAR_MIN {
-                dst.par_chunks_mut(PAR_MIN).for_each(silu_inplace);
-            } else {
-                silu_inplace(dst);
+    }
+
+    /// SiLU (if any), then the residual, in one pass over the output.
+    fn finish(&self, dst: &mut [f32], residual: Option<&[f32]>) {
+        if !self.silu && residual.is_none() {
+            return;
+        }
+        let f = |(i, chunk): (usize, &mut [f32])| {
+            if self.silu {
+                silu_inplace(chunk);
             }
-        }
-    }
-}
-
-impl CustomOp1 for GemmConv2d {
-    fn name(&self) -> &'static str {
-        "gemm-conv2d"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (batch, c, h, w) = layout.shape().dims4()?;
-        if c != self.in_channels {
-            candle_core::bail!("conv expects {} input channels, got {c}", self.in_channels);
-        }
-        let src = match storage {
-            CpuStorage::F32(v) => v.as_slice(),
-            _ => candle_core::bail!("gemm conv supports f32 only"),
+            if let Some(r) = residual {
+                let r = &r[i * PAR_MIN..i * PAR_MIN + chunk.len()];
+                chunk.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+            }
         };
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("gemm conv needs a contiguous input".into()))?;
-        let src = &src[start..end];
-        if h + 2 * self.pad < self.k || w + 2 * self.pad < self.k {
-            candle_core::bail!("conv input {h}x{w} smaller than its {0}x{0} kernel", self.k);
+        if dst.len() >= PAR_MIN {
+            dst.par_chunks_mut(PAR_MIN).enumerate().for_each(f);
+        } else {
+            dst.chunks_mut(PAR_MIN).enumerate().for_each(f);
         }
-        let (oh, ow) = (self.out_size(h), self.out_size(w));
-        let (n, kk, o) = (oh * ow, c * self.k * self.k, self.out_channels);
-        let mut out = vec![0f32; batch * o * n];
-        for (b, dst) in out.chunks_mut(o * n).enumerate() {
-            let img = &src[b * c * h * w..(b + 1) * c * h * w];
-            if self.is_pointwise() {
-                self.image(img, dst, n);
-            } else {
-                COLUMNS.with_borrow_mut(|cols| {
-                    cols.resize(kk * n, 0.0);
-                    self.im2col(img, h, w, oh, ow, &mut cols[..kk * n]);
-                    self.image(&cols[..kk * n], dst, n);
-                });
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((batch, o, oh, ow))))
     }
 }
 
@@ -226,6 +296,30 @@ mod tests {
             assert_eq!(ours.dims(), theirs.dims(), "b{b} i{i} o{o} k{k} s{s} p{p} {h}x{w}");
             let diff = (ours - theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(diff < 1e-4, "b{b} i{i} o{o} k{k} s{s} p{p} {h}x{w}: max diff {diff}");
+        }
+        Ok(())
+    }
+
+    /// Parts, gate and residual equal concatenating, scaling and adding first.
+    #[test]
+    fn parts_gate_residual_match_the_plain_ops() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (k, s, silu) in [(1, 1, true), (3, 1, false), (3, 2, true)] {
+            let (b, h, w, o) = (2, 9, 7, 5);
+            let a = Tensor::randn(0f32, 1.0, (b, 3, h, w), &dev)?;
+            let c = Tensor::randn(0f32, 1.0, (b, 4, h, w), &dev)?;
+            let x = Tensor::cat(&[&a, &c], 1)?;
+            let wt = Tensor::randn(0f32, 0.5, (o, 7, k, k), &dev)?;
+            let bias = Tensor::randn(0f32, 1.0, o, &dev)?;
+            let gate = Tensor::rand(0f32, 1.0, (b, 7), &dev)?;
+            let conv = GemmConv2d::new(&wt, &bias, s, k / 2, silu)?;
+            let plain = conv.forward(&x.broadcast_mul(&gate.reshape((b, 7, 1, 1))?)?)?;
+            let residual = Tensor::randn(0f32, 1.0, plain.dims(), &dev)?;
+            let want = (&plain + &residual)?;
+            let got = conv.run(&[&a, &c], Some(&gate), Some(&residual))?;
+            let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "k{k} s{s}: {diff}");
+            assert!(conv.run(&[&a], None, None).is_err(), "missing channels are an error");
         }
         Ok(())
     }

@@ -93,6 +93,26 @@ impl Conv {
         Ok(Conv { kind, act, in_channels, out_channels: o })
     }
 
+    /// The convolution of the channel-concatenation of `parts`, with input
+    /// channels scaled by `gate` (N, I) when given, plus `residual` after the
+    /// activation. Our CPU kernel does all of it without materialising the
+    /// concatenation, the scaled input or the sum.
+    pub fn forward_with(&self, parts: &[&Tensor], gate: Option<&Tensor>, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        if let Kind::Gemm(op) = &self.kind {
+            return op.run(parts, gate, residual);
+        }
+        let mut x = Tensor::cat(parts, 1)?;
+        if let Some(g) = gate {
+            let (n, c) = g.dims2()?;
+            x = x.broadcast_mul(&g.reshape((n, c, 1, 1))?)?;
+        }
+        let y = self.forward(&x)?;
+        match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.kind {
             Kind::Pointwise { w, b } => {
@@ -142,5 +162,8 @@ impl Linear {
 
 /// Mean over the spatial dims: (N, C, H, W) -> (N, C).
 pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        return super::cpu::global_avg_pool(x);
+    }
     x.flatten_from(2)?.mean(D::Minus1)
 }

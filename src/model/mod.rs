@@ -9,6 +9,7 @@
 
 pub mod activation;
 pub mod bundle;
+pub mod cpu;
 pub mod depthwise;
 pub mod efficientnet;
 pub mod gemm_conv;

@@ -36,8 +36,7 @@ impl Bottleneck {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.cv2.forward(&self.cv1.forward(x)?)?;
-        if self.add { y + x } else { Ok(y) }
+        self.cv2.forward_with(&[&self.cv1.forward(x)?], None, self.add.then_some(x))
     }
 }
 
@@ -64,13 +63,19 @@ impl C2f {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.cv1.forward(x)?;
+        self.forward_parts(&[x])
+    }
+
+    /// C2f of the channel-concatenation of `parts` (never materialised; nor
+    /// is the concatenation of the bottleneck outputs).
+    pub fn forward_parts(&self, parts: &[&Tensor]) -> candle_core::Result<Tensor> {
+        let y = self.cv1.forward_with(parts, None, None)?;
         let mut ys = vec![y.narrow(1, 0, self.hidden)?, y.narrow(1, self.hidden, self.hidden)?];
         for m in &self.m {
             let next = m.forward(&ys[ys.len() - 1])?;
             ys.push(next);
         }
-        self.cv2.forward(&Tensor::cat(&ys, 1)?)
+        self.cv2.forward_with(&ys.iter().collect::<Vec<_>>(), None, None)
     }
 }
 
@@ -101,7 +106,7 @@ impl Sppf {
         let y1 = Self::pool(&y0)?;
         let y2 = Self::pool(&y1)?;
         let y3 = Self::pool(&y2)?;
-        self.cv2.forward(&Tensor::cat(&[y0, y1, y2, y3], 1)?)
+        self.cv2.forward_with(&[&y0, &y1, &y2, &y3], None, None)
     }
 }
 
@@ -268,10 +273,10 @@ impl YoloV8 {
             let (_, _, h, w) = t.dims4()?;
             t.upsample_nearest2d(h * 2, w * 2)
         };
-        let h12 = self.h12.forward(&Tensor::cat(&[up(&p5)?, p4.clone()], 1)?)?;
-        let o3 = self.h15.forward(&Tensor::cat(&[up(&h12)?, p3], 1)?)?;
-        let o4 = self.h18.forward(&Tensor::cat(&[self.h16.forward(&o3)?, h12], 1)?)?;
-        let o5 = self.h21.forward(&Tensor::cat(&[self.h19.forward(&o4)?, p5], 1)?)?;
+        let h12 = self.h12.forward_parts(&[&up(&p5)?, &p4])?;
+        let o3 = self.h15.forward_parts(&[&up(&h12)?, &p3])?;
+        let o4 = self.h18.forward_parts(&[&self.h16.forward(&o3)?, &h12])?;
+        let o5 = self.h21.forward_parts(&[&self.h19.forward(&o4)?, &p5])?;
         self.detect.forward(&[o3, o4, o5])
     }
 }
