@@ -94,13 +94,20 @@ fn split_row(row: &[f32], p: usize, s: usize, dst: &mut [f32]) {
         dst[p + row.len()..].fill(0.0);
         return;
     }
-    let wp = row.len() + 2 * p;
+    // Phase q holds padded columns q, q+s, ...: zeros, then row[c - p] while
+    // c - p < len, then zeros again.
+    let (w, wp) = (row.len(), row.len() + 2 * p);
     let mut i = 0;
     for q in 0..s {
-        for c in (q..wp).step_by(s) {
-            dst[i] = if c >= p && c < p + row.len() { row[c - p] } else { 0.0 };
-            i += 1;
+        let cols = (wp - q).div_ceil(s);
+        let first = (p.saturating_sub(q)).div_ceil(s).min(cols); // first column >= p
+        let last = (p + w).saturating_sub(q).div_ceil(s).min(cols); // first column >= p + w
+        dst[i..i + first].fill(0.0);
+        for (d, j) in dst[i + first..i + last].iter_mut().zip(first..last) {
+            *d = row[q + j * s - p];
         }
+        dst[i + last..i + cols].fill(0.0);
+        i += cols;
     }
 }
 
@@ -178,7 +185,9 @@ impl CustomOp1 for DepthwiseConv2d {
         let (oh, ow) = (self.out_size(h), self.out_size(w));
         let bases = self.bases(w);
         let mut out = vec![0f32; n * c * oh * ow];
-        out.par_chunks_mut(oh * ow).enumerate().for_each(|(i, o)| {
+        // At least ~16k outputs per task: small planes are not worth a task each.
+        let min_planes = (16384 / (oh * ow).max(1)).max(1);
+        out.par_chunks_mut(oh * ow).enumerate().with_min_len(min_planes).for_each(|(i, o)| {
             self.plane(i % c, &src[i * h * w..(i + 1) * h * w], h, w, &bases, o, oh, ow);
         });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
