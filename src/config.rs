@@ -41,8 +41,11 @@ impl Default for ServerSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InferenceSection {
-    /// Inference worker threads (each runs one image at a time).
-    pub workers: usize,
+    /// Inference workers, each running one image at a time on its own thread
+    /// pool; unset = cores / threads_per_worker.
+    pub workers: Option<usize>,
+    /// Threads each worker's kernels use; unset = cores / workers.
+    pub threads_per_worker: Option<usize>,
     /// Images waiting for a worker, across all connections; also the largest 0x01 batch.
     pub queue_capacity: usize,
     /// An image not answered within this many seconds of its request gets error_code 4.
@@ -51,7 +54,23 @@ pub struct InferenceSection {
 
 impl Default for InferenceSection {
     fn default() -> Self {
-        InferenceSection { workers: 2, queue_capacity: 256, request_timeout_secs: 60 }
+        InferenceSection { workers: None, threads_per_worker: None, queue_capacity: 256, request_timeout_secs: 60 }
+    }
+}
+
+impl InferenceSection {
+    /// (workers, threads per worker) for a machine with `cores` cores: what
+    /// is unset is chosen so that workers x threads = cores. With neither
+    /// set, one worker uses every core: the lowest latency per image, and on
+    /// 2 cores also the highest throughput (README, "Benchmarks").
+    pub fn thread_budget(&self, cores: usize) -> (usize, usize) {
+        let cores = cores.max(1);
+        match (self.workers, self.threads_per_worker) {
+            (Some(w), Some(t)) => (w, t),
+            (Some(w), None) => (w, (cores / w).max(1)),
+            (None, Some(t)) => ((cores / t).max(1), t),
+            (None, None) => (1, cores),
+        }
     }
 }
 
@@ -157,8 +176,11 @@ impl Config {
         if self.server.idle_timeout_secs == 0 {
             return invalid("server.idle_timeout_secs", "must be at least 1");
         }
-        if self.inference.workers == 0 || self.inference.workers > 256 {
+        if self.inference.workers.is_some_and(|w| w == 0 || w > 256) {
             return invalid("inference.workers", "must be between 1 and 256");
+        }
+        if self.inference.threads_per_worker.is_some_and(|t| t == 0 || t > 256) {
+            return invalid("inference.threads_per_worker", "must be between 1 and 256");
         }
         if self.inference.queue_capacity == 0 {
             return invalid("inference.queue_capacity", "must be at least 1");
@@ -203,7 +225,22 @@ mod tests {
         assert!(e.contains("port"), "{e}");
         let e = Config::from_toml("[inference]\nworkers = 0\n", &tmp).unwrap_err().to_string();
         assert!(e.contains("inference.workers"), "{e}");
+        let e = Config::from_toml("[inference]\nthreads_per_worker = 0\n", &tmp).unwrap_err().to_string();
+        assert!(e.contains("inference.threads_per_worker"), "{e}");
         let e = Config::from_toml("[server]\nbogus = 1\n", &tmp).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn thread_budget_fills_the_cores() {
+        let budget = |w: Option<usize>, t: Option<usize>, cores| {
+            InferenceSection { workers: w, threads_per_worker: t, ..Default::default() }.thread_budget(cores)
+        };
+        assert_eq!(budget(None, None, 8), (1, 8));
+        assert_eq!(budget(Some(2), None, 8), (2, 4));
+        assert_eq!(budget(None, Some(2), 8), (4, 2));
+        assert_eq!(budget(Some(3), Some(3), 2), (3, 3), "explicit values are kept");
+        assert_eq!(budget(Some(4), None, 2), (4, 1));
+        assert_eq!(budget(None, None, 0), (1, 1));
     }
 }

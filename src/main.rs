@@ -18,6 +18,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    pear_server::model::cpu::single_threaded_candle_ops();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let mut config = match Config::load(&args.config) {

@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn cancel_and_full_queue() {
-        let pool = Pool::new(1, 3, Default::default()).unwrap();
+        let pool = Pool::new(1, 1, 3, Default::default()).unwrap();
         let reg = CancelRegistry::default();
         let insp: Arc<dyn Inspector> = Arc::new(Slow(Duration::from_millis(300)));
         let p = png();

@@ -107,14 +107,33 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(workers: usize, capacity: usize, limits: Limits) -> std::io::Result<Pool> {
+    /// `workers` threads, each running its jobs' kernels on a rayon pool of
+    /// its own with `threads` threads (the worker's thread is one of them),
+    /// so workers never compete for one shared pool.
+    pub fn new(workers: usize, threads: usize, capacity: usize, limits: Limits) -> std::io::Result<Pool> {
         let (tx, rx): (Sender<Job>, Receiver<Job>) = bounded(capacity);
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {
             let rx = rx.clone();
             handles.push(std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job.run(&limits);
+                lower_priority();
+                let serve = || {
+                    while let Ok(job) = rx.recv() {
+                        job.run(&limits);
+                    }
+                };
+                let own = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads.max(1))
+                    .use_current_thread()
+                    .thread_name(move |j| format!("infer-{i}-{j}"))
+                    .start_handler(|_| lower_priority())
+                    .build();
+                match own {
+                    Ok(pool) => pool.install(serve),
+                    Err(e) => {
+                        log::error!("worker {i}: cannot start its {threads} threads ({e}); running on the shared pool");
+                        serve()
+                    }
                 }
             })?);
         }
@@ -130,5 +149,16 @@ impl Pool {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+/// Inference threads run at a lower priority (nice 10) than connection
+/// threads: when every core is busy inferring, a 0x22 or 0x03 still gets a
+/// core as soon as its bytes arrive instead of waiting for a time slice.
+fn lower_priority() {
+    // SAFETY: plain syscall; on Linux, PRIO_PROCESS with id 0 is the calling thread.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    if r != 0 {
+        log::debug!("cannot lower inference thread priority: {}", std::io::Error::last_os_error());
     }
 }

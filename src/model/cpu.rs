@@ -33,6 +33,17 @@ pub fn cpu_f32(t: &Tensor) -> candle_core::Result<CpuView<'_>> {
     Ok(CpuView { guard, start, len: end - start })
 }
 
+/// Turns candle's own process-wide elementwise pool off unless
+/// CANDLE_NUM_THREADS says otherwise: every worker shares it and queues on
+/// it (yolov8n took 31 instead of 26 ms with it on), while the heavy work
+/// runs in our kernels on each worker's own pool. Call at start, before any
+/// other thread exists and before the first tensor operation.
+pub fn single_threaded_candle_ops() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 /// Mean over the spatial dims: (N, C, H, W) -> (N, C), channels in parallel.
 pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;

@@ -42,7 +42,10 @@ pub fn start(config: Config, device: Device) -> Result<Server, StartError> {
         pipeline.confidence_threshold()
     );
     let model = ActiveModel { name: config.model.default.clone(), path: path.canonicalize()?, pipeline: Arc::new(pipeline) };
-    let pool = Pool::new(config.inference.workers, config.inference.queue_capacity, config.images.limits())?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let (workers, threads) = config.inference.thread_budget(cores);
+    log::info!("{workers} inference worker(s) x {threads} thread(s) on {cores} core(s)");
+    let pool = Pool::new(workers, threads, config.inference.queue_capacity, config.images.limits())?;
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
     let shared = Arc::new(Shared::new(config, device, model, pool)?);
