@@ -1,6 +1,8 @@
 //! Per-image cost of the model layer: detector, classifier, whole pipeline.
 //!
 //!     cargo bench --bench model
+//!     PEAR_BENCH_BUNDLE=/tmp/orig/orig-shapes.safetensors PEAR_BENCH_IMAGES=/tmp/orig/frames \
+//!         cargo bench --bench model      # adds the whole pipeline on that bundle
 //!
 //! The classifier case is the original's production shape: efficientnet_b3 at
 //! 512x740 (a 195x282 crop upscaled to shorter side 512). Its weights are
@@ -36,6 +38,7 @@ fn random_b3() -> EfficientNet {
 }
 
 fn bench(c: &mut Criterion) {
+    pear_server::model::cpu::single_threaded_candle_ops(); // as the server runs
     let dev = Device::Cpu;
     let bundle = Path::new(ROOT).join("weights/pear-default.safetensors");
     let pipeline = Pipeline::load(&bundle, &dev, None).unwrap();
@@ -56,6 +59,24 @@ fn bench(c: &mut Criterion) {
     let crop = Pipeline::crop(&img, &[10.0, 10.0, 150.0, 200.0]).unwrap();
     g.bench_function("classifier_default_crop", |b| b.iter(|| pipeline.classify_logits(&crop).unwrap()));
     g.bench_function("pipeline_default_per_image", |b| b.iter(|| pipeline.inspect(&img).unwrap()));
+
+    // The original's whole per-image work on a bundle with its model shapes
+    // (tools/make_bench_bundle.py), decode included, cycling over the frames:
+    // compare with `tools/bench_torch.py --pipeline`.
+    if let (Ok(bundle), Ok(frames)) = (std::env::var("PEAR_BENCH_BUNDLE"), std::env::var("PEAR_BENCH_IMAGES")) {
+        let p = Pipeline::load(Path::new(&bundle), &dev, Some(0.5)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&frames).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        let data: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        let mut i = 0;
+        g.bench_function("pipeline_bundle_per_image", |b| {
+            b.iter(|| {
+                i += 1;
+                let img = decode_image(&data[i % data.len()], &Default::default()).unwrap();
+                assert!(p.inspect(&img).unwrap().class.is_some(), "the detector must find the pear");
+            })
+        });
+    }
     g.finish();
 }
 

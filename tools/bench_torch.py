@@ -1,19 +1,36 @@
 #!/usr/bin/env python3
-"""Times in PyTorch (CPU) the work that `cargo bench --bench model` times in candle.
+"""Times in PyTorch (CPU) the work that `cargo bench --bench model` and
+`cargo bench --bench load` time in candle.
 
-    python tools/bench_torch.py [--threads 2] [--bundle-classifier CLS.pth]
+    python tools/bench_torch.py [--threads 2]
+    python tools/bench_torch.py --pipeline /tmp/orig/orig-shapes.safetensors --frames /tmp/orig/frames
 
-yolov8n at 320x256 (a 640x480 frame letterboxed at 320, conv+bn fused as
-ultralytics predict does) and efficientnet_b3 at 512x740 with random weights.
-Reports the median of 10 runs after 2 warm-ups, in milliseconds.
+Layers: yolov8n at 320x256 (a 640x480 frame letterboxed at 320, conv+bn
+fused as ultralytics predict does) and efficientnet_b3 at 512x740 with random
+weights. Median of 10 runs after 2 warm-ups, in milliseconds.
+
+--pipeline: the original server's whole per-image work on the bundle's own
+weights (rebuilt by tools/bundle_to_torch.py): cv2.imread of a frame,
+ultralytics predict at the bundle's letterbox size, the best fruit box at the
+threshold, the int() crop, PIL resize of the BGR crop to the classifier size
+(torchvision Resize, as the original), ImageNet normalisation, the timm
+classifier, softmax. The original served one image at a time, so its
+throughput is 1000 / this median. Make the bundle and frames with
+tools/make_bench_bundle.py.
 """
 import argparse
 import statistics
 import time
 
+import os
+import sys
+import tempfile
+
 import timm
 import torch
 from ultralytics.nn.tasks import DetectionModel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def timeit(fn, n=10, warm=2):
@@ -27,12 +44,61 @@ def timeit(fn, n=10, warm=2):
     return statistics.median(ts)
 
 
+def pipeline(bundle, frames, threshold, n):
+    import cv2
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms
+    from ultralytics import YOLO
+
+    import bundle_to_torch as b2t
+
+    meta, tensors = b2t.read_bundle(bundle)
+    d, c = meta["detector"], meta["classifier"]
+    det_path = os.path.join(tempfile.mkdtemp(), "det.pt")
+    torch.save({"model": b2t.detector(meta, tensors), "train_args": {"imgsz": d["imgsz"]}}, det_path)
+    yolo = YOLO(det_path)
+    cls = b2t.classifier(meta, tensors)
+    tf = transforms.Compose([transforms.Resize(c["input_size"]), transforms.ToTensor(), transforms.Normalize(c["mean"], c["std"])])
+    paths = sorted(os.path.join(frames, f) for f in os.listdir(frames) if f.endswith((".jpg", ".png")))
+    found = 0
+
+    def one(path):
+        nonlocal found
+        img = cv2.imread(path)
+        res = yolo.predict(img, imgsz=d["imgsz"], conf=d["conf"], iou=d["iou"], max_det=d["max_det"], verbose=False, device="cpu")[0]
+        best = None
+        for xyxy, conf, k in zip(res.boxes.xyxy, res.boxes.conf, res.boxes.cls):
+            if int(k) == d["fruit_class"] and float(conf) >= threshold and (best is None or float(conf) > best[1]):
+                best = (xyxy, float(conf))
+        if best is None:
+            return None
+        x1, y1, x2, y2 = (int(v) for v in best[0])
+        crop = img[y1:y2, x1:x2]
+        crop = crop if c["channel_order"] == "bgr" else crop[..., ::-1]
+        x = tf(Image.fromarray(np.ascontiguousarray(crop))).unsqueeze(0)
+        found += 1
+        return int(torch.softmax(cls(x)[0], 0).argmax())
+
+    i = iter(range(10**9))
+    ms = timeit(lambda: one(paths[next(i) % len(paths)]), n=n)
+    return ms, found
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pipeline", metavar="BUNDLE", help="time the original's whole per-image pipeline on this bundle")
+    ap.add_argument("--frames", help="folder of frames for --pipeline")
+    ap.add_argument("--threshold", type=float, default=0.5, help="fruit box threshold (the bench server's, 0.5)")
+    ap.add_argument("--runs", type=int, default=32, help="images timed for --pipeline")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
+    if args.pipeline:
+        ms, found = pipeline(args.pipeline, args.frames, args.threshold, args.runs)
+        print(f"pipeline_per_image: {ms:.1f} ms = {1000 / ms:.2f} images/s (pear found in {found} of {args.runs + 2} runs)")
+        return
     det = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval().fuse(verbose=False)
     x = torch.rand(1, 3, 256, 320)
     print(f"yolov8n_320x256: {timeit(lambda: det(x)):.1f} ms")
