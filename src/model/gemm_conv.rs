@@ -6,8 +6,8 @@
 //! more allocations: for YOLOv8n at 320x256 the GEMM itself was a sixth of
 //! the time. Here the weights are the GEMM's left matrix as loaded (O x I*k*k,
 //! row-major, BN folded), im2col writes channel-major rows (I*k*k x OH*OW)
-//! into a buffer each worker thread keeps, and the product lands in NCHW
-//! directly on top of the bias; SiLU runs over the output while it is hot.
+//! into a buffer each worker thread keeps, the product lands in NCHW
+//! directly, and bias and SiLU follow in one pass while it is hot.
 //! 1x1 stride-1 convolutions skip im2col: the input already is that matrix.
 //! Three more copies are folded in: a concatenated input is given as its
 //! parts (one GEMM per part into the same output), a squeeze-excite gate
@@ -19,6 +19,7 @@ use super::cpu::cpu_f32;
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Folded weights `weight[o][c][ky][kx]`, `bias[o]`.
@@ -39,8 +40,9 @@ thread_local! {
     static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Rows of at least this many floats are worth a rayon task.
-const PAR_MIN: usize = 4096;
+/// Convolutions with fewer multiply-adds run on one thread: waking the
+/// others costs more than it saves.
+const PAR_MIN_MACS: usize = 1 << 20;
 
 impl GemmConv2d {
     /// `weight` has shape (O, I, k, k), `bias` (O).
@@ -73,18 +75,19 @@ impl GemmConv2d {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// Writes the (I*k*k) x (oh*ow) column matrix of one image into `cols`.
-    fn im2col(&self, src: &[f32], h: usize, w: usize, oh: usize, ow: usize, cols: &mut [f32]) {
+    /// Writes the column matrix of output rows `oys` of one image into
+    /// `cols`: (c*k*k) x (rows * ow), channel-major.
+    fn im2col(&self, src: &[f32], h: usize, w: usize, oys: Range<usize>, ow: usize, cols: &mut [f32]) {
         let (k, s, p) = (self.k, self.stride, self.pad);
-        let n = oh * ow;
+        let n = oys.len() * ow;
         let fill = |r: usize, row: &mut [f32]| {
             let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
             let plane = &src[c * h * w..(c + 1) * h * w];
             // ox range whose input column ox*s + kx - p lies inside the row.
             let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) }.min(ow);
             let hi = if w + p > kx { ((w + p - kx - 1) / s + 1).min(ow) } else { 0 }.max(lo);
-            for oy in 0..oh {
-                let out = &mut row[oy * ow..(oy + 1) * ow];
+            for (i, oy) in oys.clone().enumerate() {
+                let out = &mut row[i * ow..(i + 1) * ow];
                 let iy = (oy * s + ky) as isize - p as isize;
                 if iy < 0 || iy >= h as isize {
                     out.fill(0.0);
@@ -105,11 +108,7 @@ impl GemmConv2d {
                 }
             }
         };
-        if n >= PAR_MIN {
-            cols.par_chunks_mut(n).enumerate().for_each(|(r, row)| fill(r, row));
-        } else {
-            cols.chunks_mut(n).enumerate().for_each(|(r, row)| fill(r, row));
-        }
+        cols.chunks_mut(n).enumerate().for_each(|(r, row)| fill(r, row));
     }
 
     /// `act(bias + W' * concat(parts)) + residual` for NCHW inputs: `parts`
@@ -159,24 +158,21 @@ impl GemmConv2d {
                 }
                 None => &self.weight,
             };
-            self.init(dst, n);
-            let mut c_off = 0;
-            for (view, &c) in views.iter().zip(&channels) {
-                let img = &view.slice()[b * c * h * w..(b + 1) * c * h * w];
-                if self.is_pointwise() {
-                    self.accumulate(weight, c_off, c, img, dst, n);
-                } else {
-                    let kk = c * self.k * self.k;
-                    COLUMNS.with_borrow_mut(|cols| {
-                        cols.resize(kk * n, 0.0);
-                        self.im2col(img, h, w, oh, ow, &mut cols[..kk * n]);
-                        self.accumulate(weight, c_off, c, &cols[..kk * n], dst, n);
-                    });
-                }
-                c_off += c;
-            }
+            let imgs: Vec<(&[f32], usize)> = views.iter().zip(&channels).map(|(v, &c)| (&v.slice()[b * c * h * w..(b + 1) * c * h * w], c)).collect();
             let res = res_view.as_ref().map(|r| &r.slice()[b * o * n..(b + 1) * o * n]);
-            self.finish(dst, res);
+            let out = OutPtr(dst.as_mut_ptr());
+            let band = |oys: Range<usize>| self.band(weight, &imgs, h, w, oys, oh, ow, out, res);
+            // One parallel region per convolution: each thread convolves a band
+            // of output rows start to end (im2col, GEMM, bias/SiLU/residual),
+            // with its own columns buffer. Small ones stay on this thread.
+            let threads = rayon::current_num_threads();
+            let bands = threads.min(oh);
+            if threads > 1 && bands > 1 && o * n * self.in_channels * self.k * self.k >= PAR_MIN_MACS {
+                let per = oh.div_ceil(bands);
+                (0..oh.div_ceil(per)).into_par_iter().for_each(|i| band(i * per..((i + 1) * per).min(oh)));
+            } else {
+                band(0..oh);
+            }
         }
         drop(views);
         Tensor::from_vec(out, (batch, o, oh, ow), first.device())
@@ -194,72 +190,80 @@ impl GemmConv2d {
         }
     }
 
-    /// Every output row starts as its bias.
-    fn init(&self, dst: &mut [f32], n: usize) {
-        let init = |(r, row): (usize, &mut [f32])| row.fill(self.bias[r]);
-        if n >= PAR_MIN {
-            dst.par_chunks_mut(n).enumerate().for_each(init);
-        } else {
-            dst.chunks_mut(n).enumerate().for_each(init);
-        }
-    }
-
-    /// `dst` (O x n) += weight[:, input channels c_off..c_off+c] (O x c*k*k) * cols (c*k*k x n).
-    fn accumulate(&self, weight: &[f32], c_off: usize, c: usize, cols: &[f32], dst: &mut [f32], n: usize) {
+    /// Output rows `oys` (all channels) of one image: for each input part,
+    /// its column matrix times its weight columns, accumulated; then bias,
+    /// SiLU (if any) and the residual over the band while it is in cache.
+    #[allow(clippy::too_many_arguments)]
+    fn band(&self, weight: &[f32], imgs: &[(&[f32], usize)], h: usize, w: usize, oys: Range<usize>, oh: usize, ow: usize, out: OutPtr, residual: Option<&[f32]>) {
         let per = self.k * self.k;
-        let (o, kk, row) = (self.out_channels, c * per, self.in_channels * per);
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 && o * n * kk >= 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-        debug_assert!(weight.len() == o * row && cols.len() == kk * n && dst.len() == o * n);
-        // SAFETY: dst is o x n and cols kk x n, dense row-major; the weight
-        // block starts at column c_off*per of an o x row matrix and spans kk
-        // columns, inside it since c_off + c <= in_channels. No aliasing.
-        unsafe {
-            gemm::gemm(
-                o,
-                n,
-                kk,
-                dst.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                weight.as_ptr().add(c_off * per),
-                1,
-                row as isize,
-                cols.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
+        let (o, row, n) = (self.out_channels, self.in_channels * per, oh * ow);
+        let (col0, nb) = (oys.start * ow, oys.len() * ow);
+        let mut c_off = 0;
+        for &(img, c) in imgs {
+            let kk = c * per;
+            let gemm_into = |cols: *const f32, cols_rs: usize| {
+                debug_assert!(weight.len() == o * row && c_off + c <= self.in_channels);
+                // SAFETY: `out` is o x n row-major and this band writes only its
+                // columns [col0, col0 + nb) (bands are disjoint); the weight
+                // block (o x kk at column c_off*per of an o x row matrix) and
+                // the kk x nb column block (row stride cols_rs) are in bounds.
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        nb,
+                        kk,
+                        out.0.add(col0),
+                        1,
+                        n as isize,
+                        c_off > 0,
+                        weight.as_ptr().add(c_off * per),
+                        1,
+                        row as isize,
+                        cols,
+                        1,
+                        cols_rs as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            };
+            if self.is_pointwise() {
+                gemm_into(img[col0..].as_ptr(), n); // the input is its own column matrix
+            } else {
+                COLUMNS.with_borrow_mut(|cols| {
+                    cols.resize(kk * nb, 0.0);
+                    self.im2col(img, h, w, oys.clone(), ow, &mut cols[..kk * nb]);
+                    gemm_into(cols.as_ptr(), nb);
+                });
+            }
+            c_off += c;
         }
-    }
-
-    /// SiLU (if any), then the residual, in one pass over the output.
-    fn finish(&self, dst: &mut [f32], residual: Option<&[f32]>) {
-        if !self.silu && residual.is_none() {
-            return;
-        }
-        let f = |(i, chunk): (usize, &mut [f32])| {
+        for r in 0..o {
+            // SAFETY: row r's band columns, written by this band alone.
+            let seg = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * n + col0), nb) };
+            let bias = self.bias[r];
+            seg.iter_mut().for_each(|v| *v += bias);
             if self.silu {
-                silu_inplace(chunk);
+                silu_inplace(seg);
             }
-            if let Some(r) = residual {
-                let r = &r[i * PAR_MIN..i * PAR_MIN + chunk.len()];
-                chunk.iter_mut().zip(r).for_each(|(d, r)| *d += r);
+            if let Some(res) = residual {
+                seg.iter_mut().zip(&res[r * n + col0..r * n + col0 + nb]).for_each(|(d, x)| *d += x);
             }
-        };
-        if dst.len() >= PAR_MIN {
-            dst.par_chunks_mut(PAR_MIN).enumerate().for_each(f);
-        } else {
-            dst.chunks_mut(PAR_MIN).enumerate().for_each(f);
         }
     }
 }
+
+/// The output buffer, shared by bands that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: bands write disjoint columns of the buffer and the caller waits for
+// all of them before touching it again.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
 
 #[cfg(test)]
 mod tests {
@@ -305,7 +309,7 @@ mod tests {
     fn parts_gate_residual_match_the_plain_ops() -> candle_core::Result<()> {
         let dev = Device::Cpu;
         for (k, s, silu) in [(1, 1, true), (3, 1, false), (3, 2, true)] {
-            let (b, h, w, o) = (2, 9, 7, 5);
+            let (b, h, w, o) = (2, 41, 37, 32); // k 3: enough work for parallel bands
             let a = Tensor::randn(0f32, 1.0, (b, 3, h, w), &dev)?;
             let c = Tensor::randn(0f32, 1.0, (b, 4, h, w), &dev)?;
             let x = Tensor::cat(&[&a, &c], 1)?;
