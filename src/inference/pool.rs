@@ -87,7 +87,12 @@ impl Job {
                 Err(e) => Outcome::Unreadable(format!("cannot read image: {e}")),
                 Ok(bytes) => match decode_image(&bytes, limits) {
                     Err(e) => Outcome::Unreadable(e.to_string()),
-                    Ok(img) => match catch_unwind(AssertUnwindSafe(|| self.inspector.inspect(&img))) {
+                    Ok(img) => match catch_unwind(AssertUnwindSafe(|| {
+                        let t = Instant::now();
+                        let r = self.inspector.inspect(&img);
+                        log::debug!("{}: inspected in {:.1} ms", self.path.display(), t.elapsed().as_secs_f64() * 1e3);
+                        r
+                    })) {
                         Ok(Ok(ins)) => Outcome::Done(ins),
                         Ok(Err(e)) => Outcome::Failed(e),
                         Err(_) => Outcome::Failed("inference panicked".into()),

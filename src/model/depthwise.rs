@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use multiversion::multiversion;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// Folded depthwise weights: `weight[c][ky][kx]`, `bias[c]`.
@@ -55,7 +56,7 @@ impl DepthwiseConv2d {
     }
 
     /// Convolves one channel plane into `out` (oh*ow), bias included.
-    fn plane(&self, ch: usize, src: &[f32], h: usize, w: usize, bases: &[usize], out: &mut [f32], oh: usize, ow: usize) {
+    fn plane(&self, ch: usize, src: &[f32], h: usize, w: usize, bases: &[usize], out: &mut [MaybeUninit<f32>], oh: usize, ow: usize) {
         let (k, s, p) = (self.k, self.stride, self.pad);
         let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
         let wp = w + 2 * p;
@@ -69,7 +70,8 @@ impl DepthwiseConv2d {
             convolve_plane(buf, wp, h, bases, wk, k, s, p, self.bias[ch], out, ow, oh);
         });
         if self.silu {
-            silu_inplace(out);
+            // SAFETY: convolve_plane wrote every element of the plane.
+            silu_inplace(unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) });
         }
     }
 
@@ -116,7 +118,7 @@ fn split_row(row: &[f32], p: usize, s: usize, dst: &mut [f32]) {
 /// registers over all taps (one store per output), the last few one by one.
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-fn convolve_plane(rows_in: &[f32], wp: usize, h: usize, bases: &[usize], wk: &[f32], k: usize, s: usize, p: usize, bias: f32, out: &mut [f32], ow: usize, oh: usize) {
+fn convolve_plane(rows_in: &[f32], wp: usize, h: usize, bases: &[usize], wk: &[f32], k: usize, s: usize, p: usize, bias: f32, out: &mut [MaybeUninit<f32>], ow: usize, oh: usize) {
     let mut rows: Vec<(&[f32], &[f32])> = Vec::with_capacity(k);
     for oy in 0..oh {
         rows.clear();
@@ -138,7 +140,7 @@ fn convolve_plane(rows_in: &[f32], wp: usize, h: usize, bases: &[usize], wk: &[f
                     acc += wv * irow[b + x];
                 }
             }
-            *o = acc;
+            o.write(acc);
         }
     }
 }
@@ -146,7 +148,7 @@ fn convolve_plane(rows_in: &[f32], wp: usize, h: usize, bases: &[usize], wk: &[f
 /// Output columns from `ox` in blocks of `W` while whole blocks fit; returns
 /// where it stopped.
 #[inline(always)]
-fn block<const W: usize>(orow: &mut [f32], mut ox: usize, rows: &[(&[f32], &[f32])], bases: &[usize], bias: f32) -> usize {
+fn block<const W: usize>(orow: &mut [MaybeUninit<f32>], mut ox: usize, rows: &[(&[f32], &[f32])], bases: &[usize], bias: f32) -> usize {
     while ox + W <= orow.len() {
         let mut acc = [bias; W];
         for (wrow, irow) in rows {
@@ -157,7 +159,9 @@ fn block<const W: usize>(orow: &mut [f32], mut ox: usize, rows: &[(&[f32], &[f32
                 }
             }
         }
-        orow[ox..ox + W].copy_from_slice(&acc);
+        for (o, v) in orow[ox..ox + W].iter_mut().zip(acc) {
+            o.write(v);
+        }
         ox += W;
     }
     ox
@@ -184,12 +188,16 @@ impl CustomOp1 for DepthwiseConv2d {
         }
         let (oh, ow) = (self.out_size(h), self.out_size(w));
         let bases = self.bases(w);
-        let mut out = vec![0f32; n * c * oh * ow];
+        // Not zeroed: every plane is written whole before anything reads it.
+        let len = n * c * oh * ow;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
         // At least ~16k outputs per task: small planes are not worth a task each.
         let min_planes = (16384 / (oh * ow).max(1)).max(1);
-        out.par_chunks_mut(oh * ow).enumerate().with_min_len(min_planes).for_each(|(i, o)| {
+        out.spare_capacity_mut()[..len].par_chunks_mut(oh * ow).enumerate().with_min_len(min_planes).for_each(|(i, o)| {
             self.plane(i % c, &src[i * h * w..(i + 1) * h * w], h, w, &bases, o, oh, ow);
         });
+        // SAFETY: the planes above cover all `len` elements, each written whole.
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 }
