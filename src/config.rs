@@ -112,17 +112,20 @@ pub struct ImagesSection {
     pub allowed_roots: Vec<PathBuf>,
     /// Largest image (width x height) decoded; checked from the header, before any pixel buffer.
     pub max_pixels: u64,
+    /// Largest image file read.
+    pub max_file_bytes: u64,
 }
 
 impl Default for ImagesSection {
     fn default() -> Self {
-        ImagesSection { dir: "samples".into(), allowed_roots: vec![], max_pixels: Limits::default().max_pixels }
+        let l = Limits::default();
+        ImagesSection { dir: "samples".into(), allowed_roots: vec![], max_pixels: l.max_pixels, max_file_bytes: l.max_file_bytes }
     }
 }
 
 impl ImagesSection {
     pub fn limits(&self) -> Limits {
-        Limits { max_pixels: self.max_pixels }
+        Limits { max_pixels: self.max_pixels, max_file_bytes: self.max_file_bytes }
     }
 }
 
@@ -190,6 +193,9 @@ impl Config {
         }
         if self.images.max_pixels == 0 {
             return invalid("images.max_pixels", "must be at least 1");
+        }
+        if self.images.max_file_bytes == 0 {
+            return invalid("images.max_file_bytes", "must be at least 1");
         }
         if let Some(t) = self.model.confidence_threshold {
             if !(0.0..=1.0).contains(&t) {

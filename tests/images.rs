@@ -1,6 +1,8 @@
 //! How image files reach the model, over TCP against the real server: a JPEG
 //! the camera has not finished writing is refused rather than judged, and an
-//! EXIF orientation tag is applied as the original's cv2.imread applied it.
+//! EXIF orientation tag is applied as the original's cv2.imread applied it;
+//! files that are not regular, too large, or unfinished PNGs are refused
+//! without holding a worker.
 
 mod common;
 use common::*;
@@ -71,4 +73,65 @@ fn exif_orientation_is_applied() {
     let bbox = e[0]["bbox"].as_array().unwrap();
     assert!(bbox[2].as_f64().unwrap() <= h as f64 && bbox[3].as_f64().unwrap() <= w as f64, "box in the rotated frame: {r}");
     assert_ne!(e[0]["bbox"], e[2]["bbox"], "the untagged file is seen unrotated: {r}");
+}
+
+/// A FIFO or a folder under an image name is refused (error 2), the rest of
+/// the request answers, and so does the next one. (A FIFO swapped in after
+/// the name was checked is refused by the worker's own open: unit test in
+/// src/inference/read.rs.)
+#[test]
+fn special_files_are_refused_without_blocking() {
+    let s = TestServer::start(Options { extended: true, workers: 1, ..Options::default() });
+    let images = s.dir.join("images");
+    let fifo = images.join("fifo.jpg");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    std::fs::create_dir(images.join("folder.jpg")).unwrap();
+    let mut c = s.client();
+    let r = c.request(r#"{"cmd": 0x01, "request_data": ["fifo.jpg", "folder.jpg", "fifo.jpg", "normal_1.jpg"]}"#);
+    let e = entries(&r);
+    for i in 0..3 {
+        assert_eq!(e[i]["error_code"], 2, "{r}");
+        assert!(e[i]["result"].is_null(), "{r}");
+        assert!(e[i]["message"].as_str().unwrap().contains("is not a file"), "{r}");
+    }
+    assert_eq!(e[3]["error_code"], 0, "the worker is still alive: {r}");
+    let again = c.request(r#"{"cmd": 0x01, "request_data": ["normal_1.jpg"]}"#);
+    assert_eq!(entries(&again)[0]["error_code"], 0, "{again}");
+}
+
+/// Files over images.max_file_bytes are refused before they are read.
+#[test]
+fn oversized_files_are_refused() {
+    let s = TestServer::start(Options { extended: true, max_file_bytes: 20_000, ..Options::default() });
+    let images = s.dir.join("images");
+    let small = std::fs::metadata(images.join("normal_1.jpg")).unwrap().len();
+    assert!(small <= 20_000, "sample fits the limit: {small}");
+    let big = [std::fs::read(images.join("normal_1.jpg")).unwrap(), vec![0u8; 20_000]].concat();
+    std::fs::write(images.join("big.jpg"), big).unwrap();
+    let r = s.client().request(r#"{"cmd": 0x01, "request_data": ["big.jpg", "normal_1.jpg"]}"#);
+    let e = entries(&r);
+    assert_eq!(e[0]["error_code"], 2, "{r}");
+    assert!(e[0]["message"].as_str().unwrap().contains("images.max_file_bytes"), "{r}");
+    assert_eq!(e[1]["error_code"], 0, "{r}");
+}
+
+/// A PNG still being written (no IEND yet) is incomplete, not judged.
+#[test]
+fn png_without_its_end_is_incomplete() {
+    let s = TestServer::start(Options { extended: true, ..Options::default() });
+    let images = s.dir.join("images");
+    let img = decode_image(&std::fs::read(images.join("rot_1.jpg")).unwrap(), &Limits::default()).unwrap();
+    img.save(images.join("whole.png")).unwrap();
+    let png = std::fs::read(images.join("whole.png")).unwrap();
+    std::fs::write(images.join("no_iend.png"), &png[..png.len() - 12]).unwrap();
+    std::fs::write(images.join("half.png"), &png[..png.len() / 2]).unwrap();
+    let r = s.client().request(r#"{"cmd": 0x01, "request_data": ["no_iend.png", "half.png", "whole.png"]}"#);
+    let e = entries(&r);
+    for i in 0..2 {
+        assert_eq!(e[i]["error_code"], 2, "{r}");
+        assert!(e[i]["message"].as_str().unwrap().contains("incomplete image"), "{r}");
+    }
+    assert_eq!(e[2]["error_code"], 0, "{r}");
+    assert_eq!(e[2]["result"], 4, "the whole PNG is the rot sample: {r}");
 }

@@ -29,12 +29,15 @@ pub enum DecodeError {
 pub struct Limits {
     /// Width x height at most (3 bytes each once decoded).
     pub max_pixels: u64,
+    /// Largest image file read.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         // 40 MP: a 2592x1944 camera frame is 5 MP; 40 MP of RGB is 120 MB.
-        Limits { max_pixels: 40_000_000 }
+        // 64 MiB: a 5 MP camera JPEG is 1-3 MB, a 5 MP PNG about 15 MB.
+        Limits { max_pixels: 40_000_000, max_file_bytes: 64 << 20 }
     }
 }
 
@@ -61,8 +64,13 @@ pub fn decode_image(bytes: &[u8], limits: &Limits) -> Result<RgbImage, DecodeErr
     }
 }
 
-/// PNG: grey replicated and alpha dropped, as imread's IMREAD_COLOR does.
+/// PNG: grey replicated and alpha dropped, as imread's IMREAD_COLOR does. A
+/// file without its IEND chunk is still being written.
 fn decode_png(bytes: &[u8], limits: &Limits) -> Result<RgbImage, DecodeError> {
+    const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+    if !bytes.windows(IEND.len()).rev().any(|w| w == IEND) {
+        return Err(DecodeError::Incomplete("PNG ends before its IEND chunk".into()));
+    }
     use image::{ImageDecoder, ImageFormat, ImageReader};
     use std::io::Cursor;
     let corrupt = |e: image::ImageError| DecodeError::Corrupt(e.to_string());

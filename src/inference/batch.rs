@@ -129,8 +129,9 @@ mod tests {
         }
     }
 
-    fn png() -> PathBuf {
-        let p = std::env::temp_dir().join(format!("pear-batch-{}.png", std::process::id()));
+    /// A 4x4 PNG of its own per test (tests run in parallel).
+    fn png(test: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("pear-batch-{}-{test}.png", std::process::id()));
         RgbImage::new(4, 4).save(&p).unwrap();
         p
     }
@@ -140,7 +141,7 @@ mod tests {
         let pool = Pool::new(1, 1, 3, Default::default()).unwrap();
         let reg = CancelRegistry::default();
         let insp: Arc<dyn Inspector> = Arc::new(Slow(Duration::from_millis(300)));
-        let p = png();
+        let p = png("cancel");
         let files: Vec<String> = (0..6).map(|i| format!("{i}.png")).collect();
         let paths = (0..6).map(|_| Ok(p.clone())).collect();
         let batch = Batch::submit(files, paths, insp, &pool, &reg, Duration::from_secs(30));
@@ -151,5 +152,31 @@ mod tests {
         assert!(out.iter().any(|o| *o == Outcome::Busy), "queue of 3 must refuse some of 6: {out:?}");
         assert_eq!(out.iter().filter(|o| **o == Outcome::Cancelled).count(), cancelled);
         assert!(cancelled >= 1);
+    }
+
+    /// A test double that panics on its first image only.
+    struct PanicsOnce(std::sync::atomic::AtomicBool);
+    impl Inspector for PanicsOnce {
+        fn inspect(&self, _: &RgbImage) -> Result<Inspection, String> {
+            if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                panic!("test panic");
+            }
+            Ok(Inspection { class: Some(2), label: None, confidence: None, bbox: None, detection_score: None })
+        }
+    }
+
+    /// A panic answers its own image (error 4) and the single worker lives on.
+    #[test]
+    fn a_panic_costs_one_image_not_the_worker() {
+        let pool = Pool::new(1, 1, 8, Default::default()).unwrap();
+        let insp: Arc<dyn Inspector> = Arc::new(PanicsOnce(Default::default()));
+        let p = png("panic");
+        let files: Vec<String> = (0..3).map(|i| format!("{i}.png")).collect();
+        let paths = (0..3).map(|_| Ok(p.clone())).collect();
+        let batch = Batch::submit(files, paths, insp, &pool, &CancelRegistry::default(), Duration::from_secs(30));
+        let (_, out) = batch.wait();
+        assert_eq!(out[0], Outcome::Failed("inference panicked".into()));
+        assert!(matches!(&out[1], Outcome::Done(i) if i.class == Some(2)), "{out:?}");
+        assert!(matches!(&out[2], Outcome::Done(i) if i.class == Some(2)), "{out:?}");
     }
 }

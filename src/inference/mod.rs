@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod pool;
+pub mod read;
 
 pub use batch::{Batch, CancelRegistry};
 pub use pool::{Inspector, Job, JobState, Outcome, Pool};

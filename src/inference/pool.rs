@@ -1,6 +1,7 @@
 //! The worker pool: N threads, one bounded queue, jobs that can be cancelled.
 
 use crate::decode::{decode_image, Limits};
+use super::read::read_image_file;
 use crate::model::pipeline::{Inspection, Pipeline};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use image::RgbImage;
@@ -83,25 +84,32 @@ impl Job {
         let outcome = if Instant::now() > self.deadline {
             Outcome::TimedOut
         } else {
-            match std::fs::read(&self.path) {
-                Err(e) => Outcome::Unreadable(format!("cannot read image: {e}")),
-                Ok(bytes) => match decode_image(&bytes, limits) {
-                    Err(e) => Outcome::Unreadable(e.to_string()),
-                    Ok(img) => match catch_unwind(AssertUnwindSafe(|| {
-                        let t = Instant::now();
-                        let r = self.inspector.inspect(&img);
-                        log::debug!("{}: inspected in {:.1} ms", self.path.display(), t.elapsed().as_secs_f64() * 1e3);
-                        r
-                    })) {
-                        Ok(Ok(ins)) => Outcome::Done(ins),
-                        Ok(Err(e)) => Outcome::Failed(e),
-                        Err(_) => Outcome::Failed("inference panicked".into()),
-                    },
-                },
-            }
+            // Reading and decoding are under the guard too: a panic anywhere in
+            // the job answers this image and leaves the worker alive.
+            catch_unwind(AssertUnwindSafe(|| self.inspect_file(limits))).unwrap_or_else(|_| Outcome::Failed("inference panicked".into()))
         };
         // The requester may have given up (timeout, disconnect); that is fine.
         let _ = self.reply.send((self.index, outcome));
+    }
+}
+
+impl Job {
+    fn inspect_file(&self, limits: &Limits) -> Outcome {
+        let bytes = match read_image_file(&self.path, limits.max_file_bytes) {
+            Ok(b) => b,
+            Err(m) => return Outcome::Unreadable(m),
+        };
+        let img = match decode_image(&bytes, limits) {
+            Ok(img) => img,
+            Err(e) => return Outcome::Unreadable(e.to_string()),
+        };
+        let t = Instant::now();
+        let result = self.inspector.inspect(&img);
+        log::debug!("{}: inspected in {:.1} ms", self.path.display(), t.elapsed().as_secs_f64() * 1e3);
+        match result {
+            Ok(ins) => Outcome::Done(ins),
+            Err(e) => Outcome::Failed(e),
+        }
     }
 }
 

@@ -19,11 +19,12 @@ pub struct Options {
     pub max_request_bytes: usize,
     pub extended: bool,
     pub request_timeout_secs: u64,
+    pub max_file_bytes: u64,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, queue_capacity: 64, max_connections: 16, max_request_bytes: 4096, extended: false, request_timeout_secs: 60 }
+        Options { workers: 2, queue_capacity: 64, max_connections: 16, max_request_bytes: 4096, extended: false, request_timeout_secs: 60, max_file_bytes: 64 << 20 }
     }
 }
 
@@ -80,6 +81,7 @@ download_timeout_secs = 20
 [images]
 dir = "images"
 allowed_roots = ["images"]
+max_file_bytes = {max_file}
 [protocol]
 extended_results = {ext}
 "#,
@@ -88,7 +90,8 @@ extended_results = {ext}
             workers = o.workers,
             queue = o.queue_capacity,
             timeout = o.request_timeout_secs,
-            ext = o.extended
+            ext = o.extended,
+            max_file = o.max_file_bytes
         );
         std::fs::write(dir.join("server.toml"), cfg).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pear-server"))
