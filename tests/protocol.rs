@@ -101,13 +101,12 @@ fn malformed_inputs_get_clear_errors() {
         ("two model names", b"{\"cmd\": 0x26, \"request_data\": [\"a\", \"b\"]}".to_vec()),
         ("model name missing", b"{\"cmd\": 0x26, \"request_data\": []}".to_vec()),
         ("empty folder path", b"{\"cmd\": 0x30, \"request_data\": [\"\"]}".to_vec()),
-        ("folder path not a string", b"{\"cmd\": 0x34, \"request_data\": [{}]}".to_vec()),
+        ("folder path not a string", b"{\"cmd\": 0x34, \"request_data\": [true]}".to_vec()),
         ("download without URL scheme", b"{\"cmd\": 0x20, \"request_data\": [\"ftp://x/m.safetensors\"]}".to_vec()),
         ("unterminated string", b"{\"cmd\": 0x22, \"request_data: null}\n".to_vec()),
         ("unbalanced bracket", b"{\"cmd\": 0x22, \"request_data\": [}".to_vec()),
         ("trailing comma", b"{\"cmd\": 0x22, \"request_data\": null,}".to_vec()),
     ];
-    assert!(cases.len() >= 25);
     for (what, bytes) in &cases {
         c.send(bytes);
         let r = c.recv();
@@ -172,4 +171,33 @@ fn connection_limit() {
     drop(b);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(s.client().request(CURRENT_DIR)["cmd"], 0x33, "a slot frees when a client leaves");
+}
+
+/// `server.max_request_bytes` is exact: a request of that many bytes is
+/// served, one byte more is refused and closes its connection.
+#[test]
+fn request_limit_is_exact() {
+    let s = TestServer::start(Options { max_request_bytes: 64, ..Options::default() });
+    let pad = |n: usize| format!("{{\"cmd\": 34, \"request_data\": null{}}}", " ".repeat(n));
+    let base = pad(0).len();
+    let mut c = s.client();
+    assert_eq!(c.request(&pad(64 - base))["cmd"], 35, "exactly 64 bytes is served");
+    c.send(pad(65 - base).as_bytes());
+    let msg = assert_error(&c.recv(), 1);
+    assert!(msg.contains("64"), "{msg}");
+    assert!(c.closed(), "65 bytes closes the connection");
+}
+
+/// An unfinished request followed by a complete one: the first is an error,
+/// the second is answered (it used to be swallowed).
+#[test]
+fn unfinished_request_does_not_swallow_the_next() {
+    let s = TestServer::start(Options::default());
+    let mut c = s.client();
+    c.send(br#"{"cmd": 1, "request_data": ["normal_1.jpg" "#);
+    c.send(b"\n");
+    c.send(br#"{"cmd": 34, "request_data": null}"#);
+    let msg = assert_error(&c.recv(), 1);
+    assert!(msg.contains("unfinished"), "{msg}");
+    assert_eq!(c.recv()["cmd"], 35);
 }

@@ -97,10 +97,17 @@ impl Framer {
 
     /// Finds the matching `close` for the `open` at buf[0]. Only that pair is
     /// counted, so `{"a": [}` still ends at its brace and is reported as bad JSON
-    /// instead of swallowing the requests after it.
+    /// instead of swallowing the requests after it. A request never holds an
+    /// object, so a `{` inside an unfinished one starts the next request: the
+    /// unfinished part is garbage. At most `max` bytes make a request.
     fn scan_container(&mut self, open: u8, close: u8) -> Option<Frame> {
         let mut i = self.scanned;
         while i < self.buf.len() {
+            if i >= self.max {
+                self.buf.clear();
+                self.reset_scan();
+                return Some(Frame::TooLarge { limit: self.max });
+            }
             let b = self.buf[i];
             if self.in_string {
                 if self.escaped {
@@ -117,6 +124,10 @@ impl Framer {
                 }
             } else if b == b'"' {
                 self.in_string = true;
+            } else if b == b'{' && open == b'{' && i > 0 {
+                self.buf.drain(..i);
+                self.reset_scan();
+                return Some(Frame::Garbage { len: i, reason: "unfinished request (a new one began before it ended)" });
             } else if b == open {
                 self.depth += 1;
             } else if b == close {
@@ -131,11 +142,6 @@ impl Framer {
                 }
             }
             i += 1;
-            if i > self.max {
-                self.buf.clear();
-                self.reset_scan();
-                return Some(Frame::TooLarge { limit: self.max });
-            }
         }
         self.scanned = i;
         None
@@ -194,6 +200,27 @@ mod tests {
         let mut f = Framer::new(16);
         f.push(b"{\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
         assert_eq!(f.next_frame(), Some(Frame::TooLarge { limit: 16 }));
+    }
+
+    #[test]
+    fn limit_is_exact() {
+        let req = br#"{"cmd": 34, "request_data": null}"#;
+        let mut f = Framer::new(req.len());
+        f.push(req);
+        assert_eq!(f.next_frame(), Some(Frame::Object(req.to_vec())));
+        let mut f = Framer::new(req.len() - 1);
+        f.push(req);
+        assert_eq!(f.next_frame(), Some(Frame::TooLarge { limit: req.len() - 1 }));
+    }
+
+    #[test]
+    fn unfinished_request_does_not_swallow_the_next() {
+        let mut f = Framer::new(1024);
+        f.push(b"{\"cmd\": 1, \"request_data\": [\"a.jpg\" {\"cmd\": 34, \"request_data\": null}");
+        let frames = all(&mut f);
+        assert!(matches!(frames[0], Frame::Garbage { reason, .. } if reason.contains("unfinished")), "{frames:?}");
+        assert_eq!(frames[1], Frame::Object(b"{\"cmd\": 34, \"request_data\": null}".to_vec()));
+        assert_eq!(frames.len(), 2);
     }
 
     #[test]

@@ -154,10 +154,16 @@ impl Client {
     }
 
     /// True when the server closed the connection (EOF) within the timeout.
+    /// True when the server closed the connection (end of stream or reset);
+    /// a server that merely goes silent for 5 s is not a close.
     pub fn closed(&mut self) -> bool {
         self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut b = [0u8; 1];
-        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+        match self.reader.read(&mut b) {
+            Ok(0) => true,
+            Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted),
+            Ok(_) => false,
+        }
     }
 }
 
