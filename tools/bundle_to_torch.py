@@ -64,15 +64,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--detector-out", required=True)
-    ap.add_argument("--classifier-out", required=True)
+    ap.add_argument("--classifier-out", help="omit to rebuild the detector only")
     ap.add_argument("--classifier-variant", default=None,
                     help="timm model name when the bundle's variant text is not one (e.g. efficientnet_b3)")
     args = ap.parse_args()
     meta, tensors = read_bundle(args.bundle)
     det = detector(meta, tensors)
     torch.save({"model": det, "train_args": {"imgsz": meta["detector"]["imgsz"]}}, args.detector_out)
-    torch.save(classifier(meta, tensors, args.classifier_variant), args.classifier_out)
-    print(f"wrote {args.detector_out} and {args.classifier_out}")
+    print(f"wrote {args.detector_out}")
+    if args.classifier_out:
+        torch.save(classifier(meta, tensors, args.classifier_variant), args.classifier_out)
+        print(f"wrote {args.classifier_out}")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,7 @@ def main():
     os.makedirs(os.path.join(args.out, "frames"), exist_ok=True)
     det, cls = os.path.join(args.out, "det.pt"), os.path.join(args.out, "b3.pth")
     subprocess.run([sys.executable, os.path.join(HERE, "bundle_to_torch.py"), "--bundle", args.default_bundle,
-                    "--detector-out", det, "--classifier-out", os.path.join(args.out, "unused.pth")], check=True)
-    os.remove(os.path.join(args.out, "unused.pth"))  # only the detector is reused
+                    "--detector-out", det], check=True)
     torch.manual_seed(args.seed)
     torch.save(timm.create_model("efficientnet_b3", pretrained=False, num_classes=8).eval(), cls)
     bundle = os.path.join(args.out, "orig-shapes.safetensors")

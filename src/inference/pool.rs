@@ -91,9 +91,7 @@ impl Job {
         // The requester may have given up (timeout, disconnect); that is fine.
         let _ = self.reply.send((self.index, outcome));
     }
-}
 
-impl Job {
     fn inspect_file(&self, limits: &Limits) -> Outcome {
         let bytes = match read_image_file(&self.path, limits.max_file_bytes) {
             Ok(b) => b,
