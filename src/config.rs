@@ -28,13 +28,31 @@ pub struct ServerSection {
     pub max_connections: usize,
     /// A single request larger than this is refused and its connection closed.
     pub max_request_bytes: usize,
-    /// A connection with nothing to read and nothing pending is closed after this.
+    /// A connection with nothing pending is closed this long after its last
+    /// complete request (or after it opened).
     pub idle_timeout_secs: u64,
+    /// A request must be complete this long after its first byte arrived;
+    /// otherwise it is refused and the connection closed (slow senders).
+    pub request_read_timeout_secs: u64,
+    /// Open connections from one IP address at most; unset = no cap of its own.
+    pub max_connections_per_address: Option<usize>,
+    /// On SIGTERM/SIGINT, how long requests already received may take to be
+    /// answered before the server exits anyway.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        ServerSection { host: "0.0.0.0".into(), port: 9090, max_connections: 64, max_request_bytes: 64 * 1024, idle_timeout_secs: 600 }
+        ServerSection {
+            host: "0.0.0.0".into(),
+            port: 9090,
+            max_connections: 64,
+            max_request_bytes: 64 * 1024,
+            idle_timeout_secs: 600,
+            request_read_timeout_secs: 10,
+            max_connections_per_address: None,
+            drain_timeout_secs: 30,
+        }
     }
 }
 
@@ -46,19 +64,33 @@ pub struct InferenceSection {
     pub workers: Option<usize>,
     /// Threads each worker's kernels use; unset = cores / workers.
     pub threads_per_worker: Option<usize>,
-    /// Images waiting for a worker, across all connections; also the largest 0x01 batch.
+    /// Images waiting for a worker, across all connections.
     pub queue_capacity: usize,
-    /// An image not answered within this many seconds of its request gets error_code 4.
+    /// Images waiting from one connection; also the largest 0x01 batch.
+    /// Unset = the smaller of 256 and `queue_capacity`.
+    pub max_queued_per_connection: Option<usize>,
+    /// A request's images still waiting after this many seconds without any
+    /// of them being answered get error_code 4.
     pub request_timeout_secs: u64,
 }
 
 impl Default for InferenceSection {
     fn default() -> Self {
-        InferenceSection { workers: None, threads_per_worker: None, queue_capacity: 256, request_timeout_secs: 60 }
+        InferenceSection {
+            workers: None,
+            threads_per_worker: None,
+            queue_capacity: 1024,
+            max_queued_per_connection: None,
+            request_timeout_secs: 60,
+        }
     }
 }
 
 impl InferenceSection {
+    pub fn per_connection(&self) -> usize {
+        self.max_queued_per_connection.unwrap_or(self.queue_capacity.min(256))
+    }
+
     /// (workers, threads per worker) for a machine with `cores` cores: what
     /// is unset is chosen so that workers x threads = cores. With neither
     /// set, one worker uses every core: the lowest latency per image, and on
@@ -88,6 +120,9 @@ pub struct ModelSection {
     /// Largest model 0x20 will download.
     pub download_max_bytes: u64,
     pub download_timeout_secs: u64,
+    /// Hosts 0x20 may download from (and be redirected to), e.g.
+    /// "models.example.com" or "10.0.0.5:8000"; empty = 0x20 refused.
+    pub download_allowed_hosts: Vec<String>,
 }
 
 impl Default for ModelSection {
@@ -99,6 +134,7 @@ impl Default for ModelSection {
             allowed_roots: vec![],
             download_max_bytes: 512 * 1024 * 1024,
             download_timeout_secs: 300,
+            download_allowed_hosts: vec![],
         }
     }
 }
@@ -136,6 +172,15 @@ pub struct ProtocolSection {
     pub extended_results: bool,
 }
 
+/// Knobs for tests and troubleshooting; off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugSection {
+    /// Every image takes at least this long: a slow worker made by
+    /// configuration, so tests of queueing do not depend on machine speed.
+    pub min_inference_ms: u64,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -144,6 +189,7 @@ pub struct Config {
     pub model: ModelSection,
     pub images: ImagesSection,
     pub protocol: ProtocolSection,
+    pub debug: DebugSection,
 }
 
 impl Config {
@@ -187,6 +233,15 @@ impl Config {
         }
         if self.inference.queue_capacity == 0 {
             return invalid("inference.queue_capacity", "must be at least 1");
+        }
+        if self.inference.max_queued_per_connection.is_some_and(|n| n == 0 || n > self.inference.queue_capacity) {
+            return invalid("inference.max_queued_per_connection", "must be between 1 and inference.queue_capacity");
+        }
+        if self.server.request_read_timeout_secs == 0 {
+            return invalid("server.request_read_timeout_secs", "must be at least 1");
+        }
+        if self.server.max_connections_per_address == Some(0) {
+            return invalid("server.max_connections_per_address", "must be at least 1");
         }
         if self.inference.request_timeout_secs == 0 {
             return invalid("inference.request_timeout_secs", "must be at least 1");

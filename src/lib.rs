@@ -5,11 +5,13 @@
 //! per protocol command), `inference` (the worker pool), `protocol` (pure
 //! parsing/formatting), `model` (pure math), `decode` (image files to pixels,
 //! as the original's OpenCV read them). `state` is what connections
-//! share, `config` is server.toml, `paths` keeps client paths in their folders.
+//! share, `config` is server.toml, `paths` keeps client paths in their folders;
+//! `fuzzing` holds the fuzz targets' bodies.
 
 pub mod commands;
 pub mod config;
 pub mod decode;
+pub mod fuzzing;
 pub mod inference;
 pub mod model;
 pub mod paths;

@@ -47,6 +47,32 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    server.run();
+    let addr = server.local_addr().ok();
+    let (first, second) = (server.shared(), server.shared());
+    let signals = pear_server::server::shutdown::on_signals(
+        move || {
+            first.shutdown.begin();
+            if let Some(a) = addr {
+                pear_server::server::shutdown::wake(a);
+            }
+        },
+        move || {
+            second.remove_partial_downloads();
+            std::process::exit(130);
+        },
+    );
+    if let Err(e) = signals {
+        eprintln!("pear-server: cannot handle signals: {e}");
+        return ExitCode::from(1);
+    }
+    let shared = server.run();
+    let timeout = std::time::Duration::from_secs(shared.config.server.drain_timeout_secs);
+    let drained = pear_server::server::shutdown::drain(&shared, timeout);
+    shared.remove_partial_downloads();
+    if drained {
+        log::info!("drained: every request received was answered; exiting");
+    } else {
+        log::warn!("drain timed out after {} s (server.drain_timeout_secs); exiting with work unanswered", timeout.as_secs());
+    }
     ExitCode::SUCCESS
 }

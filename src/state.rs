@@ -7,9 +7,12 @@
 use crate::config::Config;
 use crate::inference::Pool;
 use crate::model::{ModelError, Pipeline};
+use crate::server::shutdown::Shutdown;
 use candle_core::Device;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub struct ActiveModel {
@@ -26,9 +29,16 @@ pub struct Shared {
     model: RwLock<Arc<ActiveModel>>,
     model_dir: RwLock<PathBuf>,
     image_dir: RwLock<PathBuf>,
-    /// Serialises model changes, deletions and downloads.
+    /// Serialises model changes, deletions, folder changes and a download's final rename.
     pub model_ops: Mutex<()>,
+    /// Held for a whole 0x20: one download at a time.
+    pub download: Mutex<()>,
+    /// Temporary files of downloads in progress, removed if the server exits mid-download.
+    pub partial_downloads: Mutex<HashSet<PathBuf>>,
     pub connections: AtomicUsize,
+    pub per_address: Mutex<HashMap<IpAddr, usize>>,
+    next_conn: AtomicU64,
+    pub shutdown: Shutdown,
 }
 
 impl Shared {
@@ -43,8 +53,25 @@ impl Shared {
             model_dir: RwLock::new(model_dir),
             image_dir: RwLock::new(image_dir),
             model_ops: Mutex::new(()),
+            download: Mutex::new(()),
+            partial_downloads: Mutex::default(),
             connections: AtomicUsize::new(0),
+            per_address: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            shutdown: Shutdown::default(),
         })
+    }
+
+    /// A fresh id for a connection (its lane in the inference queue).
+    pub fn connection_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Removes the temporary files of downloads still running (exit path).
+    pub fn remove_partial_downloads(&self) {
+        for p in self.partial_downloads.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     pub fn model(&self) -> Arc<ActiveModel> {

@@ -7,7 +7,7 @@ use common::*;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+
 
 fn one(v: &Value) -> &Value {
     let e = entries(v);
@@ -60,67 +60,66 @@ fn stop_with_nothing_queued() {
     assert_eq!(one(&r)["error_code"], 0);
 }
 
+/// The 0x03 arrives in the same write as the 0x01 and every image takes at
+/// least 1 s (debug.min_inference_ms): at most the one image already running
+/// can finish, the rest are cancelled.
 #[test]
 fn stop_cancels_queued_images() {
-    let s = TestServer::start(Options { workers: 1, ..Options::default() });
+    let s = TestServer::start(Options { workers: 1, min_inference_ms: 1000, ..Options::default() });
     let mut c = s.client();
-    let files: Vec<String> = (0..40).map(|_| "\"normal_1.jpg\"".into()).collect();
-    c.send(format!("{{\"cmd\": 0x01, \"request_data\": [{}]}}", files.join(",")).as_bytes());
-    std::thread::sleep(Duration::from_millis(300));
-    c.send(br#"{"cmd": 0x03, "request_data": null}"#);
+    let files = ["normal_1.jpg"; 10];
+    c.send(format!("{}{}", classify(&files), r#"{"cmd": 0x03, "request_data": null}"#).as_bytes());
     let batch = c.recv();
     assert_eq!(batch["cmd"], 0x02, "the interrupted 0x01 is answered first");
     let e = entries(&batch);
-    assert_eq!(e.len(), 40);
+    assert_eq!(e.len(), 10);
     let done = e.iter().filter(|x| x["error_code"] == 0).count();
     let cancelled = e.iter().filter(|x| x["error_code"] == 4 && x["result"].is_null()).count();
-    assert_eq!(done + cancelled, 40, "{batch}");
-    assert!(done >= 1 && cancelled >= 10, "done {done}, cancelled {cancelled}");
+    assert_eq!(done + cancelled, 10, "{batch}");
+    assert!(done <= 1, "only a running image can finish: {batch}");
     // cancelled images are the queued tail, never the middle
     assert!(e[..done].iter().all(|x| x["error_code"] == 0));
     let stop = c.recv();
     assert_eq!(stop["cmd"], 0x04);
     assert_eq!(one(&stop)["result"], 2);
     // and the connection is usable afterwards
-    let again = c.request(r#"{"cmd": 0x01, "request_data": ["normal_1.jpg"]}"#);
+    let again = c.request(&classify(&["normal_1.jpg"]));
     assert_eq!(entries(&again)[0]["error_code"], 0);
 }
 
+/// While another connection's batch is inferred (each image at least 500 ms),
+/// 0x22/0x24/0x32 are answered; the batch is provably still running after
+/// them, since a 0x03 then still finds queued images to cancel.
 #[test]
 fn cheap_commands_do_not_wait_for_inference() {
-    let s = TestServer::start(Options { workers: 1, ..Options::default() });
+    let s = TestServer::start(Options { workers: 1, min_inference_ms: 500, ..Options::default() });
     let mut busy = s.client();
-    let files: Vec<String> = (0..30).map(|_| "\"normal_1.jpg\"".into()).collect();
-    let t0 = Instant::now();
-    busy.send(format!("{{\"cmd\": 0x01, \"request_data\": [{}]}}", files.join(",")).as_bytes());
-    std::thread::sleep(Duration::from_millis(200));
+    busy.send(classify(&["normal_1.jpg"; 20]).as_bytes());
     let mut other = s.client();
-    let t1 = Instant::now();
     for q in [r#"{"cmd": 0x22, "request_data": null}"#, r#"{"cmd": 0x24, "request_data": null}"#, r#"{"cmd": 0x32, "request_data": null}"#] {
         assert!(!other.request(q)["cmd"].is_null());
     }
-    let cheap = t1.elapsed();
+    busy.send(br#"{"cmd": 0x03, "request_data": null}"#);
     let batch = busy.recv();
-    let long = t0.elapsed();
-    assert_eq!(entries(&batch).len(), 30);
-    assert!(cheap * 4 < long, "0x22/0x24/0x32 took {cheap:?} while the batch took {long:?}");
-    println!("cheap commands answered in {cheap:?} during a {long:?} batch");
+    let cancelled = entries(&batch).iter().filter(|x| x["error_code"] == 4).count();
+    assert!(cancelled > 0, "the cheap commands were answered before the batch ended: {batch}");
 }
 
+/// One image running for at least 1 s and a queue of 4: of 8 images sent at
+/// once by two clients, at most 5 are taken; the rest are refused at once.
 #[test]
 fn queue_full_answers_at_once() {
-    let s = TestServer::start(Options { workers: 1, queue_capacity: 4, ..Options::default() });
+    let s = TestServer::start(Options { workers: 1, queue_capacity: 4, min_inference_ms: 1000, ..Options::default() });
     let mut c = s.client();
-    let r = c.request(r#"{"cmd": 0x01, "request_data": ["a.jpg","b.jpg","c.jpg","d.jpg","e.jpg"]}"#);
+    let r = c.request(&classify(&["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]));
     assert!(assert_error(&r, 1).contains("at most 4"));
     let mut a = s.client();
     let mut b = s.client();
-    a.send(br#"{"cmd": 0x01, "request_data": ["normal_1.jpg","normal_1.jpg","normal_1.jpg","normal_1.jpg"]}"#);
-    std::thread::sleep(Duration::from_millis(50));
-    b.send(br#"{"cmd": 0x01, "request_data": ["normal_1.jpg","normal_1.jpg","normal_1.jpg","normal_1.jpg"]}"#);
+    a.send(classify(&["normal_1.jpg"; 4]).as_bytes());
+    b.send(classify(&["normal_1.jpg"; 4]).as_bytes());
     let (ra, rb) = (a.recv(), b.recv());
-    let busy = entries(&ra).iter().chain(entries(&rb)).filter(|e| e["error_code"] == 4).count();
-    assert!(busy >= 1, "8 images on a queue of 4 must refuse some: {ra} {rb}");
+    let busy: Vec<&Value> = entries(&ra).iter().chain(entries(&rb)).filter(|e| e["error_code"] == 4).collect();
+    assert!(busy.len() >= 3, "8 images on a queue of 4 must refuse some: {ra} {rb}");
 }
 
 #[test]
@@ -267,18 +266,24 @@ fn failed_downloads_leave_nothing_and_keep_the_model() {
     assert_eq!(entries(&r)[0]["error_code"], 0);
 }
 
+/// The request timeout bounds waiting without progress, not a batch the
+/// server accepted: 6 images of at least 400 ms each (2.4 s) under a 1 s
+/// timeout are all answered.
 #[test]
-fn images_past_the_request_timeout_answer_4() {
-    let s = TestServer::start(Options { workers: 1, request_timeout_secs: 1, ..Options::default() });
-    let mut c = s.client();
-    let files: Vec<String> = (0..60).map(|_| "\"normal_1.jpg\"".into()).collect();
-    let t = Instant::now();
-    let r = c.request(&format!("{{\"cmd\": 0x01, \"request_data\": [{}]}}", files.join(",")));
-    assert!(t.elapsed() < Duration::from_secs(10), "the answer must not wait for all 60 images");
-    let e = entries(&r);
-    assert_eq!(e.len(), 60);
-    let done = e.iter().filter(|x| x["error_code"] == 0).count();
-    let late = e.iter().filter(|x| x["error_code"] == 4 && x["result"].is_null()).count();
-    assert_eq!(done + late, 60, "{r}");
-    assert!(late > 0, "60 images on one worker cannot all finish within 1 s");
+fn an_accepted_batch_is_answered_whole() {
+    let s = TestServer::start(Options { workers: 1, request_timeout_secs: 1, min_inference_ms: 400, ..Options::default() });
+    let r = s.client().request(&classify(&["normal_1.jpg"; 6]));
+    assert!(entries(&r).iter().all(|e| e["error_code"] == 0), "{r}");
+}
+
+/// A batch whose images make no progress for the whole timeout (each takes
+/// at least 3 s, the timeout is 1 s) answers error 4 instead of hanging.
+#[test]
+fn a_stalled_batch_times_out() {
+    let s = TestServer::start(Options { workers: 1, request_timeout_secs: 1, min_inference_ms: 3000, extended: true, ..Options::default() });
+    let r = s.client().request(&classify(&["normal_1.jpg"; 3]));
+    for e in entries(&r) {
+        assert_eq!(e["error_code"], 4, "{r}");
+        assert!(e["message"].as_str().unwrap().contains("request_timeout_secs"), "{r}");
+    }
 }

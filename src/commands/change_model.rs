@@ -14,7 +14,7 @@ pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
         Ok(p) => p,
         Err(e) => {
             log::warn!("{}: 0x26 {name}: {e}", conn.peer);
-            return vec![Entry::failed(Some(name.to_string()), ErrorCode::ResourceNotFound)];
+            return vec![Entry::failed(Some(name.to_string()), ErrorCode::ResourceNotFound, e.to_string())];
         }
     };
     match shared.load_pipeline(&path) {
@@ -26,7 +26,7 @@ pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
         }
         Err(e) => {
             log::warn!("{}: 0x26 {name}: cannot load: {e}", conn.peer);
-            vec![Entry::failed(Some(name.to_string()), ErrorCode::ResourceNotFound)]
+            vec![Entry::failed(Some(name.to_string()), ErrorCode::ResourceNotFound, format!("cannot load '{name}': {e}"))]
         }
     }
 }

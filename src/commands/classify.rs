@@ -11,11 +11,11 @@ use std::time::Duration;
 
 pub fn handle(files: Vec<String>, conn: &Conn) -> Reply {
     let shared = conn.shared;
-    let max = shared.pool.capacity();
+    let max = shared.pool.per_connection();
     if files.len() > max {
         return Reply::Ready(Response::error(
             ErrorCode::InvalidMessage,
-            format!("command 0x01 takes at most {max} files per request (inference.queue_capacity), got {}", files.len()),
+            format!("command 0x01 takes at most {max} files per request (inference.max_queued_per_connection), got {}", files.len()),
         ));
     }
     let dir = shared.image_dir();
@@ -31,6 +31,7 @@ pub fn handle(files: Vec<String>, conn: &Conn) -> Reply {
     let model = shared.model();
     let timeout = Duration::from_secs(shared.config.inference.request_timeout_secs);
     let batch = Batch::submit(files, paths, model.pipeline.clone(), &shared.pool, conn.cancel, timeout);
+    log::debug!("{}: 0x01 queued {} of {} image(s)", conn.peer, batch.queued(), batch.files.len());
     Reply::Batch { batch, extended: shared.config.protocol.extended_results }
 }
 
@@ -55,8 +56,8 @@ pub fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool) -> Re
                 Outcome::Refused(m) => (None, ErrorCode::InvalidMessage, Some(m), None),
                 Outcome::Failed(m) => (None, ErrorCode::Timeout, Some(format!("inference failed: {m}")), None),
                 Outcome::Cancelled => (None, ErrorCode::Timeout, Some("cancelled by 0x03".into()), None),
-                Outcome::TimedOut => (None, ErrorCode::Timeout, Some("timed out".into()), None),
-                Outcome::Busy => (None, ErrorCode::Timeout, Some("server busy: inference queue full".into()), None),
+                Outcome::TimedOut => (None, ErrorCode::Timeout, Some("timed out: no image of this request was answered within inference.request_timeout_secs".into()), None),
+                Outcome::Busy(why) => (None, ErrorCode::Timeout, Some(why.message().into()), None),
             };
             let mut e = Entry::new(Some(file), result, code);
             if extended {

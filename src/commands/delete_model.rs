@@ -10,8 +10,8 @@ pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
     let file = Some(name.to_string());
     let path = match model_file(shared, name) {
         Ok(p) => p,
-        Err(PathError::Refused(_)) => return vec![Entry::failed(file, ErrorCode::InvalidMessage)],
-        Err(PathError::NotFound(_)) => return vec![Entry::failed(file, ErrorCode::ResourceNotFound)],
+        Err(e @ PathError::Refused(_)) => return vec![Entry::failed(file, ErrorCode::InvalidMessage, e.to_string())],
+        Err(e @ PathError::NotFound(_)) => return vec![Entry::failed(file, ErrorCode::ResourceNotFound, e.to_string())],
     };
     let active = shared.model();
     let same = match (path.canonicalize(), active.path.canonicalize()) {
@@ -20,7 +20,7 @@ pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
     };
     if same {
         log::warn!("{}: 0x28 refused: {name} is the active model", conn.peer);
-        return vec![Entry::failed(file, ErrorCode::InvalidMessage)];
+        return vec![Entry::failed(file, ErrorCode::InvalidMessage, format!("'{name}' is the active model; switch to another model first"))];
     }
     match std::fs::remove_file(&path) {
         Ok(()) => {
@@ -29,7 +29,7 @@ pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
         }
         Err(e) => {
             log::warn!("{}: 0x28 {name}: {e}", conn.peer);
-            vec![Entry::failed(file, ErrorCode::ResourceNotFound)]
+            vec![Entry::failed(file, ErrorCode::ResourceNotFound, format!("cannot delete '{name}': {e}"))]
         }
     }
 }

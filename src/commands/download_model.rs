@@ -4,12 +4,18 @@
 //! filesystem, so the final rename is atomic), capped in size and time, and is
 //! renamed into place only after it loads as a complete model. Any failure
 //! removes the temporary file; the active model is never touched.
+//!
+//! Only hosts in `model.download_allowed_hosts` are fetched from, redirects
+//! included (each hop is checked before it is requested); credentials and
+//! query strings never reach the log; one download runs at a time.
 
 use super::Conn;
+use crate::config::ModelSection;
 use crate::paths::check_model_name;
+use crate::state::Shared;
 use crate::protocol::{Entry, ErrorCode};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -33,27 +39,132 @@ pub fn file_name_from_url(url: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
-/// Removes the temporary file unless it was renamed into place.
-struct TempFile(Option<PathBuf>);
+/// The URL with its credentials and query (tokens) hidden, for logs and answers.
+pub fn redact(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, String::new()));
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_string(),
+    };
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?***"),
+        None => path,
+    };
+    if scheme.is_empty() {
+        format!("{authority}{path}")
+    } else {
+        format!("{scheme}://{authority}{path}")
+    }
+}
 
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+/// host[:port] of an http(s) URL, lower-cased, without credentials.
+fn host_of(url: &str) -> Result<String, String> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("'{}' is not an http:// or https:// URL", redact(url)))?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(format!("'{}' is not an http:// or https:// URL", redact(url)));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    if host.is_empty() {
+        return Err(format!("'{}' has no host", redact(url)));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// An entry of `model.download_allowed_hosts` allows a host on any port, or
+/// exactly one port when it names one.
+fn check_host(url: &str, allowed: &[String]) -> Result<(), String> {
+    let host = host_of(url)?;
+    let bare = match host.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') || host.starts_with('[') => {
+            if port.chars().all(|c| c.is_ascii_digit()) { h } else { host.as_str() }
+        }
+        _ => host.as_str(),
+    };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(&host) || a.eq_ignore_ascii_case(bare)) {
+        Ok(())
+    } else {
+        Err(format!("host '{host}' is not in model.download_allowed_hosts"))
+    }
+}
+
+/// Removes the temporary file unless it was renamed into place, and keeps it
+/// listed so a server exiting mid-download removes it too.
+struct TempFile<'a> {
+    path: Option<PathBuf>,
+    shared: &'a Shared,
+}
+
+impl<'a> TempFile<'a> {
+    /// Creates the (empty) file and lists it.
+    fn create(path: PathBuf, shared: &'a Shared) -> Result<(Self, std::fs::File), String> {
+        let file = std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        shared.partial_downloads.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone());
+        Ok((TempFile { path: Some(path), shared }, file))
+    }
+
+    /// The file was renamed into place: nothing to clean up.
+    fn keep(&mut self) {
+        if let Some(p) = self.path.take() {
+            self.shared.partial_downloads.lock().unwrap_or_else(|p| p.into_inner()).remove(&p);
         }
     }
 }
 
-fn fetch(url: &str, dest: &Path, max_bytes: u64, timeout: Duration) -> Result<u64, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).build().into();
-    let resp = agent.get(url).call().map_err(|e| format!("download failed: {e}"))?;
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(&p);
+            self.shared.partial_downloads.lock().unwrap_or_else(|p| p.into_inner()).remove(&p);
+        }
+    }
+}
+
+const MAX_REDIRECTS: usize = 5;
+
+/// GETs `url`, following redirects by hand so each target is checked
+/// against the allow-list before anything is sent to it.
+fn get(agent: &ureq::Agent, url: &str, allowed: &[String]) -> Result<ureq::http::Response<ureq::Body>, String> {
+    let mut url = url.to_string();
+    for _ in 0..=MAX_REDIRECTS {
+        check_host(&url, allowed)?;
+        let resp = agent.get(&url).call().map_err(|e| format!("download from {} failed: {}", redact(&url), redact(&e.to_string())))?;
+        if !resp.status().is_redirection() {
+            return Ok(resp);
+        }
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .ok_or_else(|| format!("{} redirects without a Location", redact(&url)))?;
+        url = if location.contains("://") {
+            location.to_string()
+        } else if location.starts_with('/') {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
+            let authority = rest.split('/').next().unwrap_or("");
+            format!("{scheme}://{authority}{location}")
+        } else {
+            return Err(format!("{} redirects to an unsupported location '{location}'", redact(&url)));
+        };
+    }
+    Err(format!("more than {MAX_REDIRECTS} redirects"))
+}
+
+fn fetch(url: &str, mut file: std::fs::File, cfg: &ModelSection) -> Result<u64, String> {
+    let max_bytes = cfg.download_max_bytes;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(cfg.download_timeout_secs)))
+        .max_redirects(0)
+        .build()
+        .into();
+    let resp = get(&agent, url, &cfg.download_allowed_hosts)?;
     if let Some(len) = resp.body().content_length() {
         if len > max_bytes {
             return Err(format!("model is {len} bytes, more than model.download_max_bytes ({max_bytes})"));
         }
     }
     let mut reader = resp.into_body().into_with_config().limit(max_bytes).reader();
-    let mut file = std::fs::File::create(dest).map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -70,22 +181,36 @@ fn fetch(url: &str, dest: &Path, max_bytes: u64, timeout: Duration) -> Result<u6
 
 pub fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
     let shared = conn.shared;
-    let name = match file_name_from_url(url) {
+    let shown = redact(url);
+    let refuse = |name: Option<String>, code, message: String| {
+        log::warn!("{}: 0x20 {shown}: {message}", conn.peer);
+        vec![Entry::failed(name, code, message)]
+    };
+    let cfg = &shared.config.model;
+    if cfg.download_allowed_hosts.is_empty() {
+        return refuse(None, ErrorCode::InvalidMessage, "downloads are off: model.download_allowed_hosts is empty".into());
+    }
+    let name = match file_name_from_url(url).and_then(|n| check_host(url, &cfg.download_allowed_hosts).map(|_| n)) {
         Ok(n) => n,
-        Err(e) => {
-            log::warn!("{}: 0x20 {url}: {e}", conn.peer);
-            return vec![Entry::failed(None, ErrorCode::InvalidMessage)];
-        }
+        Err(e) => return refuse(None, ErrorCode::InvalidMessage, e),
+    };
+    let Ok(_one) = shared.download.try_lock() else {
+        return refuse(Some(name), ErrorCode::Timeout, "another download is in progress; try again when it ends".into());
     };
     let dir = shared.model_dir();
     let final_path = dir.join(&name);
     let tmp_path = dir.join(format!(".download-{}-{}.part", std::process::id(), DOWNLOADS.fetch_add(1, Ordering::Relaxed)));
-    let mut tmp = TempFile(Some(tmp_path.clone()));
-    let cfg = &shared.config.model;
-    let result = fetch(url, &tmp_path, cfg.download_max_bytes, Duration::from_secs(cfg.download_timeout_secs))
+    let (mut tmp, file) = match TempFile::create(tmp_path.clone(), shared) {
+        Ok(t) => t,
+        Err(e) => return refuse(Some(name), ErrorCode::ResourceNotFound, e),
+    };
+    let result = fetch(url, file, cfg)
         .and_then(|bytes| shared.load_pipeline(&tmp_path).map(|_| bytes).map_err(|e| format!("downloaded file is not a valid model: {e}")))
         .and_then(|bytes| {
             let _guard = shared.model_ops.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.model_dir() != dir {
+                return Err("the model folder changed (0x34) during the download; not saved".to_string());
+            }
             if shared.model().path == final_path {
                 return Err(format!("'{name}' is the active model; switch to another model before replacing it"));
             }
@@ -94,20 +219,35 @@ pub fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
         });
     match result {
         Ok(bytes) => {
-            tmp.0 = None; // renamed into place: nothing to clean up
-            log::info!("{}: downloaded {name} ({bytes} bytes) from {url}", conn.peer);
+            tmp.keep();
+            log::info!("{}: downloaded {name} ({bytes} bytes) from {shown}", conn.peer);
             vec![Entry::ok(Some(name))]
         }
-        Err(e) => {
-            log::warn!("{}: 0x20 {url}: {e}", conn.peer);
-            vec![Entry::failed(Some(name), ErrorCode::ResourceNotFound)]
-        }
+        Err(e) => refuse(Some(name), ErrorCode::ResourceNotFound, e),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::file_name_from_url;
+    use super::{check_host, file_name_from_url, redact};
+
+    #[test]
+    fn redacts_credentials_and_tokens() {
+        assert_eq!(redact("http://user:pw@h:1/m.safetensors?token=abc"), "http://***@h:1/m.safetensors?***");
+        assert_eq!(redact("https://h/m.safetensors"), "https://h/m.safetensors");
+    }
+
+    #[test]
+    fn allow_list_by_host_or_host_and_port() {
+        let allowed = vec!["models.example".to_string(), "10.0.0.5:8000".to_string()];
+        assert!(check_host("http://models.example:9000/a.safetensors", &allowed).is_ok());
+        assert!(check_host("https://u:p@MODELS.example/a.safetensors", &allowed).is_ok());
+        assert!(check_host("http://10.0.0.5:8000/a.safetensors", &allowed).is_ok());
+        assert!(check_host("http://10.0.0.5:8001/a.safetensors", &allowed).is_err());
+        assert!(check_host("http://127.0.0.1/a.safetensors", &allowed).is_err());
+        assert!(check_host("http://models.example@evil/a.safetensors", &allowed).is_err());
+        assert!(check_host("file:///etc/passwd", &allowed).is_err());
+    }
 
     #[test]
     fn names_from_urls() {

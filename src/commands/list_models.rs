@@ -16,7 +16,7 @@ pub fn handle(conn: &Conn) -> Vec<Entry> {
         .unwrap_or_default();
     names.sort();
     if names.is_empty() {
-        return vec![Entry::failed(None, ErrorCode::ResourceNotFound)];
+        return vec![Entry::failed(None, ErrorCode::ResourceNotFound, format!("no model files in {}", dir.display()))];
     }
     names.into_iter().map(|n| Entry::ok(Some(n))).collect()
 }

@@ -84,7 +84,7 @@ pub(crate) fn change_dir(conn: &Conn, what: &str, path: &str, roots: &[PathBuf],
         Err(e) => {
             log::warn!("{}: {what} folder '{path}' refused: {e}", conn.peer);
             let code = if matches!(e, PathError::Refused(_)) { ErrorCode::InvalidMessage } else { ErrorCode::ResourceNotFound };
-            vec![Entry::failed(Some(path.to_string()), code)]
+            vec![Entry::failed(Some(path.to_string()), code, e.to_string())]
         }
     }
 }

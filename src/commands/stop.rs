@@ -5,7 +5,7 @@ use super::Conn;
 use crate::protocol::Entry;
 
 pub fn handle(conn: &Conn) -> Vec<Entry> {
-    let n = conn.cancel.cancel_all();
+    let n = conn.cancel.cancel_all(&conn.shared.pool);
     if n > 0 {
         log::info!("{}: 0x03 cancelled {n} queued images", conn.peer);
     }

@@ -6,28 +6,39 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Queued jobs of one connection, so 0x03 can cancel them.
+type Queued = (Arc<JobState>, usize, Sender<(usize, Outcome)>);
+
+/// Queued jobs of one connection, so 0x03, a reset or a broken write can cancel them.
 #[derive(Default, Clone)]
-pub struct CancelRegistry(Arc<Mutex<Vec<(Arc<JobState>, usize, Sender<(usize, Outcome)>)>>>);
+pub struct CancelRegistry {
+    /// The connection's lane in the pool's queue.
+    pub conn: u64,
+    jobs: Arc<Mutex<Vec<Queued>>>,
+}
 
 impl CancelRegistry {
-    fn add(&self, state: Arc<JobState>, index: usize, reply: Sender<(usize, Outcome)>) {
-        if let Ok(mut v) = self.0.lock() {
-            v.retain(|(s, ..)| s.is_queued());
-            v.push((state, index, reply));
-        }
+    pub fn new(conn: u64) -> Self {
+        CancelRegistry { conn, jobs: Arc::default() }
     }
 
-    /// Cancels every job of this connection that has not started; returns how many.
-    pub fn cancel_all(&self) -> usize {
-        let Ok(mut v) = self.0.lock() else { return 0 };
+    fn add(&self, state: Arc<JobState>, index: usize, reply: Sender<(usize, Outcome)>) {
+        let mut v = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        v.retain(|(s, ..)| s.is_queued());
+        v.push((state, index, reply));
+    }
+
+    /// Cancels every job of this connection that has not started, answering
+    /// each as cancelled, and frees their places in the queue; returns how many.
+    pub fn cancel_all(&self, pool: &Pool) -> usize {
+        let jobs: Vec<Queued> = std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|p| p.into_inner()));
         let mut n = 0;
-        for (state, index, reply) in v.drain(..) {
+        for (state, index, reply) in jobs {
             if state.cancel() {
                 let _ = reply.send((index, Outcome::Cancelled));
                 n += 1;
             }
         }
+        pool.purge(self.conn);
         n
     }
 }
@@ -38,7 +49,7 @@ pub struct Batch {
     outcomes: Vec<Option<Outcome>>,
     states: Vec<Option<Arc<JobState>>>,
     rx: Receiver<(usize, Outcome)>,
-    deadline: Instant,
+    timeout: Duration,
 }
 
 impl Batch {
@@ -53,7 +64,6 @@ impl Batch {
         timeout: Duration,
     ) -> Batch {
         let (tx, rx) = unbounded();
-        let deadline = Instant::now() + timeout;
         let mut outcomes = Vec::with_capacity(files.len());
         let mut states = Vec::with_capacity(files.len());
         for (index, p) in paths.into_iter().enumerate() {
@@ -64,35 +74,43 @@ impl Batch {
                 }
                 Ok(path) => {
                     let state = Arc::new(JobState::new());
-                    let job = Job { inspector: inspector.clone(), path, index, state: state.clone(), deadline, reply: tx.clone() };
+                    let job = Job { inspector: inspector.clone(), path, index, conn: registry.conn, state: state.clone(), reply: tx.clone() };
                     match pool.submit(job) {
                         Ok(()) => {
                             registry.add(state.clone(), index, tx.clone());
                             outcomes.push(None);
                             states.push(Some(state));
                         }
-                        Err(_) => {
-                            outcomes.push(Some(Outcome::Busy));
+                        Err((_, why)) => {
+                            outcomes.push(Some(Outcome::Busy(why)));
                             states.push(None);
                         }
                     }
                 }
             }
         }
-        Batch { files, outcomes, states, rx, deadline }
+        Batch { files, outcomes, states, rx, timeout }
     }
 
-    /// Waits for every outcome, at most until the request's deadline (plus a
-    /// grace for an image already running); the rest time out.
+    /// Images of this batch that went into the queue.
+    pub fn queued(&self) -> usize {
+        self.states.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Waits for every outcome. The timeout bounds waiting without progress:
+    /// it restarts whenever one of this batch's images is answered, so an
+    /// accepted batch is served to its end however long it is, while a stuck
+    /// one (a hung worker, a queue that never moves) times out.
     pub fn wait(mut self) -> (Vec<String>, Vec<Outcome>) {
-        let grace = Duration::from_secs(1);
+        let mut deadline = Instant::now() + self.timeout;
         while self.outcomes.iter().any(Option::is_none) {
-            let left = (self.deadline + grace).saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok((i, o)) => {
                     if let Some(slot) = self.outcomes.get_mut(i) {
                         slot.get_or_insert(o);
                     }
+                    deadline = Instant::now() + self.timeout;
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -117,41 +135,91 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inference::{PoolOptions, Refusal};
     use crate::model::pipeline::Inspection;
     use image::RgbImage;
 
-    /// A test double for this layer only: sleeps, then answers class 1.
-    struct Slow(Duration);
-    impl Inspector for Slow {
-        fn inspect(&self, _: &RgbImage) -> Result<Inspection, String> {
-            std::thread::sleep(self.0);
+    /// A 4x4 PNG of its own per test (tests run in parallel).
+    fn png(test: &str) -> PathBuf {
+        png_sized(test, 4)
+    }
+
+    fn png_sized(test: &str, side: u32) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("pear-batch-{}-{test}-{side}.png", std::process::id()));
+        RgbImage::new(side, side).save(&p).unwrap();
+        p
+    }
+
+    /// An inspector that blocks until the test opens its gate, and notes
+    /// the width of each image it was given, in order.
+    struct Gated(Mutex<Receiver<()>>, Mutex<Vec<u32>>);
+    impl Inspector for Gated {
+        fn inspect(&self, img: &RgbImage) -> Result<Inspection, String> {
+            let _ = self.0.lock().unwrap().recv();
+            self.1.lock().unwrap().push(img.width());
             Ok(Inspection { class: Some(1), label: None, confidence: None, bbox: None, detection_score: None })
         }
     }
 
-    /// A 4x4 PNG of its own per test (tests run in parallel).
-    fn png(test: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("pear-batch-{}-{test}.png", std::process::id()));
-        RgbImage::new(4, 4).save(&p).unwrap();
-        p
+    fn files(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{i}.png")).collect()
     }
 
+    /// Submits one image and waits until the single worker has taken it
+    /// (it then blocks on the gate), so what follows only queues.
+    fn occupy_worker(pool: &Pool, insp: &Arc<dyn Inspector>, reg: &CancelRegistry, p: &PathBuf) -> Batch {
+        let b = Batch::submit(files(1), vec![Ok(p.clone())], insp.clone(), pool, reg, Duration::from_secs(30));
+        while pool.queued() != 0 {
+            std::thread::yield_now();
+        }
+        b
+    }
+
+    /// Queue of 3 and the worker busy: of 5 images, 3 wait (then are
+    /// cancelled, leaving the queue at once) and 2 are refused.
     #[test]
     fn cancel_and_full_queue() {
-        let pool = Pool::new(1, 1, 3, Default::default()).unwrap();
-        let reg = CancelRegistry::default();
-        let insp: Arc<dyn Inspector> = Arc::new(Slow(Duration::from_millis(300)));
+        let pool = Pool::new(PoolOptions { capacity: 3, per_connection: 16, ..Default::default() }).unwrap();
+        let reg = CancelRegistry::new(1);
+        let (gate, held) = crossbeam_channel::unbounded();
+        let insp: Arc<dyn Inspector> = Arc::new(Gated(Mutex::new(held), Mutex::default()));
         let p = png("cancel");
-        let files: Vec<String> = (0..6).map(|i| format!("{i}.png")).collect();
-        let paths = (0..6).map(|_| Ok(p.clone())).collect();
-        let batch = Batch::submit(files, paths, insp, &pool, &reg, Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(100)); // first job is running
-        let cancelled = reg.cancel_all();
+        let first = occupy_worker(&pool, &insp, &reg, &p);
+        let batch = Batch::submit(files(5), (0..5).map(|_| Ok(p.clone())).collect(), insp, &pool, &reg, Duration::from_secs(30));
+        assert_eq!(pool.queued(), 3);
+        assert_eq!(reg.cancel_all(&pool), 3);
+        assert_eq!(pool.queued(), 0, "cancelled jobs leave the queue at once");
+        gate.send(()).unwrap();
+        assert!(matches!(first.wait().1[0], Outcome::Done(_)));
         let (_, out) = batch.wait();
-        assert!(matches!(out[0], Outcome::Done(_)), "{out:?}");
-        assert!(out.iter().any(|o| *o == Outcome::Busy), "queue of 3 must refuse some of 6: {out:?}");
-        assert_eq!(out.iter().filter(|o| **o == Outcome::Cancelled).count(), cancelled);
-        assert!(cancelled >= 1);
+        assert_eq!(&out[..3], &[Outcome::Cancelled, Outcome::Cancelled, Outcome::Cancelled]);
+        assert_eq!(&out[3..], &[Outcome::Busy(Refusal::QueueFull), Outcome::Busy(Refusal::QueueFull)]);
+    }
+
+    /// Two connections: the worker alternates between them, so the second
+    /// connection's single image (5 pixels wide) runs next but one, not after
+    /// the first one's batch.
+    #[test]
+    fn connections_are_served_in_turn() {
+        let pool = Pool::new(PoolOptions { capacity: 16, per_connection: 4, ..Default::default() }).unwrap();
+        let (a, b) = (CancelRegistry::new(1), CancelRegistry::new(2));
+        let (gate, held) = crossbeam_channel::unbounded();
+        let gated = Arc::new(Gated(Mutex::new(held), Mutex::default()));
+        let insp: Arc<dyn Inspector> = gated.clone();
+        let (p, p5) = (png("turns"), png_sized("turns", 5));
+        let first = occupy_worker(&pool, &insp, &a, &p);
+        let big = Batch::submit(files(6), (0..6).map(|_| Ok(p.clone())).collect(), insp.clone(), &pool, &a, Duration::from_secs(30));
+        let one = Batch::submit(files(1), vec![Ok(p5)], insp, &pool, &b, Duration::from_secs(30));
+        assert_eq!(pool.queued(), 5, "a's share is 4 waiting, b's image is the fifth");
+        for _ in 0..6 {
+            gate.send(()).unwrap();
+        }
+        assert!(matches!(one.wait().1[0], Outcome::Done(_)));
+        assert!(matches!(first.wait().1[0], Outcome::Done(_)));
+        let (_, out) = big.wait();
+        assert_eq!(out.iter().filter(|o| matches!(o, Outcome::Done(_))).count(), 4, "{out:?}");
+        assert_eq!(&out[4..], &[Outcome::Busy(Refusal::ConnectionShare), Outcome::Busy(Refusal::ConnectionShare)]);
+        assert_eq!(*gated.1.lock().unwrap(), [4, 4, 5, 4, 4, 4], "served in turn: a, a, b, then a's rest");
     }
 
     /// A test double that panics on its first image only.
@@ -168,12 +236,11 @@ mod tests {
     /// A panic answers its own image (error 4) and the single worker lives on.
     #[test]
     fn a_panic_costs_one_image_not_the_worker() {
-        let pool = Pool::new(1, 1, 8, Default::default()).unwrap();
+        let pool = Pool::new(PoolOptions::default()).unwrap();
         let insp: Arc<dyn Inspector> = Arc::new(PanicsOnce(Default::default()));
         let p = png("panic");
-        let files: Vec<String> = (0..3).map(|i| format!("{i}.png")).collect();
         let paths = (0..3).map(|_| Ok(p.clone())).collect();
-        let batch = Batch::submit(files, paths, insp, &pool, &CancelRegistry::default(), Duration::from_secs(30));
+        let batch = Batch::submit(files(3), paths, insp, &pool, &CancelRegistry::default(), Duration::from_secs(30));
         let (_, out) = batch.wait();
         assert_eq!(out[0], Outcome::Failed("inference panicked".into()));
         assert!(matches!(&out[1], Outcome::Done(i) if i.class == Some(2)), "{out:?}");

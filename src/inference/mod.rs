@@ -1,12 +1,15 @@
 //! Inference jobs and the fixed pool of worker threads that runs them.
 //!
-//! Each image of a 0x01 request is one job on a bounded crossbeam channel, so
-//! images of different clients interleave and no client can queue unbounded
-//! work. A full queue is answered at once, never waited on.
+//! Each image of a 0x01 request is one job in a bounded queue served
+//! round-robin across connections, so images of different clients interleave
+//! and no client can take the whole queue. A full queue is answered at once,
+//! never waited on.
 
 pub mod batch;
 pub mod pool;
+pub mod queue;
 pub mod read;
 
 pub use batch::{Batch, CancelRegistry};
-pub use pool::{Inspector, Job, JobState, Outcome, Pool};
+pub use pool::{Inspector, Job, JobState, Outcome, Pool, PoolOptions};
+pub use queue::Refusal;

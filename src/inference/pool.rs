@@ -1,16 +1,17 @@
-//! The worker pool: N threads, one bounded queue, jobs that can be cancelled.
+//! The worker pool: N threads serving the fair queue, jobs that can be cancelled.
 
-use crate::decode::{decode_image, Limits};
+use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
+use crate::decode::{decode_image, Limits};
 use crate::model::pipeline::{Inspection, Pipeline};
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::Sender;
 use image::RgbImage;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the workers run. The shipped implementation is the candle `Pipeline`;
 /// the trait keeps the pool testable on its own.
@@ -36,10 +37,10 @@ pub enum Outcome {
     Failed(String),
     /// Cancelled by 0x03 (error_code 4).
     Cancelled,
-    /// Not finished within the request timeout (error_code 4).
+    /// No image of its request finished within the request timeout (error_code 4).
     TimedOut,
-    /// The inference queue was full (error_code 4).
-    Busy,
+    /// Not queued: the queue or this connection's share of it was full (error_code 4).
+    Busy(Refusal),
 }
 
 /// Life of a job; a job is run or cancelled exactly once (compare-and-swap).
@@ -71,23 +72,25 @@ pub struct Job {
     pub inspector: Arc<dyn Inspector>,
     pub path: PathBuf,
     pub index: usize,
+    /// The connection that asked: its queue lane, and what a reset purges.
+    pub conn: u64,
     pub state: Arc<JobState>,
-    pub deadline: Instant,
     pub reply: Sender<(usize, Outcome)>,
 }
 
 impl Job {
-    fn run(self, limits: &Limits) {
+    fn run(self, opts: &PoolOptions) {
         if !self.state.start() {
-            return; // cancelled: the canceller has answered for it
+            return; // cancelled (0x03, reset, timeout): the canceller has answered for it
         }
-        let outcome = if Instant::now() > self.deadline {
-            Outcome::TimedOut
-        } else {
-            // Reading and decoding are under the guard too: a panic anywhere in
-            // the job answers this image and leaves the worker alive.
-            catch_unwind(AssertUnwindSafe(|| self.inspect_file(limits))).unwrap_or_else(|_| Outcome::Failed("inference panicked".into()))
-        };
+        let started = Instant::now();
+        // Reading and decoding are under the guard too: a panic anywhere in
+        // the job answers this image and leaves the worker alive.
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| self.inspect_file(&opts.limits))).unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
+        if let Some(rest) = opts.min_job.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
         // The requester may have given up (timeout, disconnect); that is fine.
         let _ = self.reply.send((self.index, outcome));
     }
@@ -111,9 +114,30 @@ impl Job {
     }
 }
 
+/// How the pool is built; `Default` is one worker on one thread (unit tests).
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub workers: usize,
+    pub threads: usize,
+    /// Images waiting, all connections together.
+    pub capacity: usize,
+    /// Images waiting from one connection.
+    pub per_connection: usize,
+    pub limits: Limits,
+    /// Every image takes at least this long (`debug.min_inference_ms`): lets
+    /// tests make a slow worker by configuration instead of by luck.
+    pub min_job: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions { workers: 1, threads: 1, capacity: 16, per_connection: 16, limits: Limits::default(), min_job: Duration::ZERO }
+    }
+}
+
 pub struct Pool {
-    tx: Sender<Job>,
-    capacity: usize,
+    queue: Arc<FairQueue>,
+    per_connection: usize,
     _workers: Vec<JoinHandle<()>>,
 }
 
@@ -121,20 +145,19 @@ impl Pool {
     /// `workers` threads, each running its jobs' kernels on a rayon pool of
     /// its own with `threads` threads (the worker's thread is one of them),
     /// so workers never compete for one shared pool.
-    pub fn new(workers: usize, threads: usize, capacity: usize, limits: Limits) -> std::io::Result<Pool> {
-        let (tx, rx): (Sender<Job>, Receiver<Job>) = bounded(capacity);
-        let mut handles = Vec::with_capacity(workers);
-        for i in 0..workers {
-            let rx = rx.clone();
+    pub fn new(opts: PoolOptions) -> std::io::Result<Pool> {
+        let queue = Arc::new(FairQueue::new(opts.capacity, opts.per_connection));
+        let mut handles = Vec::with_capacity(opts.workers);
+        for i in 0..opts.workers {
+            let (queue, opts) = (queue.clone(), opts.clone());
             handles.push(std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
                 lower_priority();
-                let serve = || {
-                    while let Ok(job) = rx.recv() {
-                        job.run(&limits);
-                    }
-                };
+                let threads = opts.threads.max(1);
+                let serve = || supervise(i, || loop {
+                    queue.pop().run(&opts);
+                });
                 let own = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads.max(1))
+                    .num_threads(threads)
                     .use_current_thread()
                     .thread_name(move |j| format!("infer-{i}-{j}"))
                     .start_handler(|_| lower_priority())
@@ -148,18 +171,39 @@ impl Pool {
                 }
             })?);
         }
-        Ok(Pool { tx, capacity, _workers: handles })
+        Ok(Pool { queue, per_connection: opts.per_connection, _workers: handles })
     }
 
-    /// Queues a job, or hands it back at once when the queue is full.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
-        })
+    /// Queues a job, or hands it back at once with the reason it was refused.
+    pub fn submit(&self, job: Job) -> Result<(), (Job, Refusal)> {
+        self.queue.push(job)
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
+    /// Drops a connection's queued jobs (cancel them first, so each is answered).
+    pub fn purge(&self, conn: u64) -> usize {
+        self.queue.purge(conn)
+    }
+
+    /// Images one connection may have waiting; also the largest 0x01 batch.
+    pub fn per_connection(&self) -> usize {
+        self.per_connection
+    }
+
+    /// Images waiting now, all connections together.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// Runs a worker's loop and starts it again if it ever unwinds. Jobs catch
+/// their own panics, so this only fires on a bug outside a job; the worker
+/// is replaced (and says so) instead of the pool silently losing a thread.
+fn supervise(worker: usize, serve: impl Fn()) {
+    loop {
+        if catch_unwind(AssertUnwindSafe(&serve)).is_ok() {
+            return;
+        }
+        log::error!("inference worker {worker} died; starting it again");
     }
 }
 

@@ -91,6 +91,13 @@ pub struct BundleMeta {
     pub source: String,
 }
 
+/// Largest letterbox (ultralytics' P6 models train at 1280).
+pub const MAX_IMGSZ: usize = 1280;
+/// Largest classifier input side (EfficientNet-B7 uses 600).
+pub const MAX_INPUT_SIZE: usize = 1024;
+pub const MAX_CLASSES: usize = 1000;
+pub const MAX_DET: usize = 1000;
+
 impl BundleMeta {
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::BadMetadata(m));
@@ -104,15 +111,22 @@ impl BundleMeta {
             return bad(format!("classifier.arch '{}' is not supported (efficientnet)", self.classifier.arch));
         }
         let d = &self.detector;
-        if d.stride == 0 || d.imgsz < d.stride || d.imgsz > 4096 {
-            return bad(format!("detector.imgsz {} must be between stride {} and 4096", d.imgsz, d.stride));
+        // Caps that keep one image within a fixed memory and time budget.
+        if d.stride == 0 || d.imgsz < d.stride || d.imgsz > MAX_IMGSZ {
+            return bad(format!("detector.imgsz {} must be between stride {} and {MAX_IMGSZ}", d.imgsz, d.stride));
+        }
+        if d.class_names.len() > MAX_CLASSES || self.classifier.class_names.len() > MAX_CLASSES {
+            return bad(format!("at most {MAX_CLASSES} class names per network"));
+        }
+        if d.max_det == 0 || d.max_det > MAX_DET {
+            return bad(format!("detector.max_det {} must be within 1..={MAX_DET}", d.max_det));
         }
         if d.fruit_class >= d.class_names.len() {
             return bad(format!("detector.fruit_class {} but only {} classes", d.fruit_class, d.class_names.len()));
         }
         let c = &self.classifier;
-        if c.input_size < 32 || c.input_size > 2048 {
-            return bad(format!("classifier.input_size {} must be within 32..=2048", c.input_size));
+        if c.input_size < 32 || c.input_size > MAX_INPUT_SIZE {
+            return bad(format!("classifier.input_size {} must be within 32..={MAX_INPUT_SIZE}", c.input_size));
         }
         if c.class_names.is_empty() {
             return bad("classifier.class_names is empty".into());

@@ -38,6 +38,14 @@ pub enum ModelError {
     BadMetadata(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// NaN or infinity out of a network: never turned into a class.
+    #[error("{0} produced non-finite outputs (NaN or infinity); the model's weights are broken")]
+    NonFinite(&'static str),
+    /// The crop the classifier would get is beyond the memory budget of one image.
+    #[error("{0}")]
+    CropTooLarge(String),
+    #[error("model loads but cannot infer: {0}")]
+    SmokeTest(String),
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;

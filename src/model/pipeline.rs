@@ -16,6 +16,11 @@ use candle_core::{Device, Tensor};
 use image::RgbImage;
 use std::path::Path;
 
+/// A fruit box longer than this many times its width (or the reverse) is not classified.
+pub const MAX_CROP_ASPECT: usize = 8;
+/// Largest classifier input (about 8 x 512 x 512): keeps one image's activations bounded.
+pub const MAX_CLASSIFIER_PIXELS: usize = 8 * 512 * 512;
+
 /// The answer for one image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inspection {
@@ -39,8 +44,22 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Loads a bundle; `confidence_threshold` overrides the bundle's suggestion.
+    /// A bundle is accepted only if both networks infer finite outputs.
     pub fn load(path: &Path, dev: &Device, confidence_threshold: Option<f32>) -> Result<Self> {
-        Self::from_bundle(Bundle::load(path, dev)?, dev, confidence_threshold)
+        let p = Self::from_bundle(Bundle::load(path, dev)?, dev, confidence_threshold)?;
+        p.smoke_test()?;
+        Ok(p)
+    }
+
+    /// One pass through each network on synthetic input: a tensor whose
+    /// shape loads but does not fit its layer, or NaN weights, fail here
+    /// instead of on every image afterwards.
+    pub fn smoke_test(&self) -> Result<()> {
+        let img = RgbImage::from_fn(97, 75, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8]));
+        let fail = |e: ModelError| ModelError::SmokeTest(e.to_string());
+        self.detect(&img).map_err(fail)?;
+        self.classify_logits(&img).map_err(fail)?;
+        Ok(())
     }
 
     pub fn from_bundle(b: Bundle, dev: &Device, confidence_threshold: Option<f32>) -> Result<Self> {
@@ -84,16 +103,27 @@ impl Pipeline {
         let (raw, g) = self.detector_raw(img)?;
         let (rows, n) = raw.dims2()?;
         let flat = raw.flatten_all()?.to_vec1::<f32>()?;
+        if !flat.iter().all(|v| v.is_finite()) {
+            return Err(ModelError::NonFinite("the detector"));
+        }
         let d = &self.meta.detector;
         let mut dets = non_max_suppression(&flat, rows - 4, n, NmsParams { conf: d.conf, iou: d.iou, max_det: d.max_det });
         scale_to_image(&mut dets, &g, img.height() as usize, img.width() as usize);
         Ok(dets)
     }
 
-    /// The classifier's exact input for a crop: (1, 3, H, W).
+    /// The classifier's exact input for a crop: (1, 3, H, W). The shorter
+    /// side is scaled to the input size, so a very thin box would make a huge
+    /// input; past `MAX_CROP_ASPECT` or `MAX_CLASSIFIER_PIXELS` it is refused.
     pub fn classifier_input(&self, crop: &RgbImage) -> Result<Tensor> {
         let c = &self.meta.classifier;
-        let (nw, nh) = short_side_size(crop.width() as usize, crop.height() as usize, c.input_size);
+        let (w, h) = (crop.width() as usize, crop.height() as usize);
+        let (nw, nh) = short_side_size(w, h, c.input_size);
+        if w.max(h) > MAX_CROP_ASPECT * w.min(h) || nw.saturating_mul(nh) > MAX_CLASSIFIER_PIXELS {
+            return Err(ModelError::CropTooLarge(format!(
+                "the fruit box is {w}x{h} pixels, too thin to classify (longer side above {MAX_CROP_ASPECT}x the shorter, or over {MAX_CLASSIFIER_PIXELS} pixels once scaled)"
+            )));
+        }
         let resized = resize_pil_bilinear(crop, nw.max(1), nh.max(1));
         Ok(normalize(&resized, c.channel_order == ChannelOrder::Bgr, c.mean, c.std, &self.device)?)
     }
@@ -101,7 +131,11 @@ impl Pipeline {
     /// Classifier logits for a crop.
     pub fn classify_logits(&self, crop: &RgbImage) -> Result<Vec<f32>> {
         let x = self.classifier_input(crop)?;
-        Ok(self.classifier.forward(&x)?.squeeze(0)?.to_vec1::<f32>()?)
+        let logits = self.classifier.forward(&x)?.squeeze(0)?.to_vec1::<f32>()?;
+        if !logits.iter().all(|v| v.is_finite()) {
+            return Err(ModelError::NonFinite("the classifier"));
+        }
+        Ok(logits)
     }
 
     /// The fruit box the pipeline would crop, if any.

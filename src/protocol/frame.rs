@@ -40,7 +40,7 @@ impl Framer {
     }
 
     /// True when bytes of an unfinished request are waiting.
-    fn has_partial(&self) -> bool {
+    pub fn has_partial(&self) -> bool {
         self.buf.iter().any(|b| !b.is_ascii_whitespace())
     }
 
@@ -64,11 +64,13 @@ impl Framer {
             b'[' => self.scan_container(b'[', b']'),
             _ => {
                 // Garbage runs to the next plausible request start or line end.
-                let end = self.buf[1..]
-                    .iter()
-                    .position(|&b| b == b'{' || b == b'[' || b == b'\n')
-                    .map(|i| i + 1 + usize::from(self.buf[i + 1] == b'\n'))
-                    .unwrap_or(self.buf.len());
+                // Until that is seen, wait for more bytes (up to the request
+                // limit): one bad line is one error however it was split.
+                let end = match self.buf[1..].iter().position(|&b| b == b'{' || b == b'[' || b == b'\n') {
+                    Some(i) => i + 1 + usize::from(self.buf[i + 1] == b'\n'),
+                    None if self.buf.len() >= self.max => self.buf.len(),
+                    None => return None,
+                };
                 self.buf.drain(..end);
                 self.reset_scan();
                 Some(Frame::Garbage { len: end, reason: "expected a JSON object starting with '{'" })

@@ -58,9 +58,10 @@ impl Entry {
         Self::new(file_name, Some(RESULT_OK), ErrorCode::NoError)
     }
 
-    /// A management failure: `result` 1 with the given code.
-    pub fn failed(file_name: Option<String>, code: ErrorCode) -> Self {
-        Self::new(file_name, Some(RESULT_FAILED), code)
+    /// A management failure: `result` 1 with the given code, and why (so a
+    /// netcat user can tell).
+    pub fn failed(file_name: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(file_name, Some(RESULT_FAILED), code).with_message(message)
     }
 
     pub fn with_message(mut self, message: impl Into<String>) -> Self {

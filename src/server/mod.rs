@@ -1,7 +1,9 @@
 //! Sockets and threads: the listener hands each connection to its own OS
-//! thread running a `Peer`.
+//! thread running a `Peer`; `shutdown` is the signal they all hear.
 
 pub mod listener;
 pub mod peer;
+pub mod shutdown;
+pub mod slot;
 
 pub use listener::{start, Server};

@@ -6,6 +6,10 @@
 //! them strictly in request order (waiting for a batch's images when needed).
 //! A panic in a handler becomes an error_code 3 answer; the connection and the
 //! server go on.
+//!
+//! A reset connection, or one whose answer cannot be written, has its queued
+//! images cancelled; a plain end of input (`nc -q`, `nc -N`) is a half-close
+//! and still gets every answer.
 
 use crate::commands::{classify, dispatch, Conn, Reply};
 use crate::inference::CancelRegistry;
@@ -21,6 +25,9 @@ use std::time::{Duration, Instant};
 
 /// Replies waiting to be written, at most; beyond it the reader waits (TCP back-pressure).
 const PIPELINE_DEPTH: usize = 64;
+
+/// How often a reader with nothing to read checks its deadlines and the shutdown signal.
+const TICK: Duration = Duration::from_millis(200);
 
 struct Pending {
     reply: Reply,
@@ -38,7 +45,8 @@ pub struct Peer {
 
 impl Peer {
     pub fn new(stream: TcpStream, peer: String, shared: Arc<Shared>) -> Self {
-        Peer { stream, peer, shared, cancel: CancelRegistry::default(), outstanding: Arc::new(AtomicUsize::new(0)) }
+        let cancel = CancelRegistry::new(shared.connection_id());
+        Peer { stream, peer, shared, cancel, outstanding: Arc::new(AtomicUsize::new(0)) }
     }
 
     pub fn run(self) {
@@ -55,10 +63,16 @@ impl Peer {
                 return;
             }
         };
-        let (peer, outstanding) = (self.peer.clone(), self.outstanding.clone());
-        let writer = std::thread::Builder::new()
-            .name(format!("write-{}", self.peer))
-            .spawn(move || write_loop(writer, rx, &peer, &outstanding));
+        let (peer, outstanding, cancel, shared) = (self.peer.clone(), self.outstanding.clone(), self.cancel.clone(), self.shared.clone());
+        let writer = std::thread::Builder::new().name(format!("write-{}", self.peer)).spawn(move || {
+            let on_broken = || {
+                let n = cancel.cancel_all(&shared.pool);
+                if n > 0 {
+                    log::info!("{peer}: cancelled {n} queued image(s): answers cannot be written");
+                }
+            };
+            write_loop(writer, rx, &peer, &outstanding, on_broken)
+        });
         let writer = match writer {
             Ok(h) => h,
             Err(e) => {
@@ -87,12 +101,20 @@ impl Peer {
     fn read_loop(&self, tx: &Sender<Pending>) -> String {
         let cfg = &self.shared.config.server;
         let idle = Duration::from_secs(cfg.idle_timeout_secs);
+        let request_limit = Duration::from_secs(cfg.request_read_timeout_secs);
         let mut stream = &self.stream;
-        let _ = stream.set_read_timeout(Some(idle));
+        let _ = stream.set_read_timeout(Some(TICK));
         let mut framer = Framer::new(cfg.max_request_bytes);
         let mut buf = vec![0u8; 16 * 1024];
-        let mut last_activity = Instant::now();
+        // Idle time runs from the last complete request, so trickling bytes
+        // does not keep a connection open; an unfinished request has its own deadline.
+        let mut last_request = Instant::now();
+        let mut request_started: Option<Instant> = None;
         loop {
+            if self.shared.shutdown.is_draining() {
+                self.read_what_arrived(&mut framer, &mut buf, tx);
+                return "server draining".into();
+            }
             let n = match stream.read(&mut buf) {
                 Ok(0) => {
                     if let Some(Frame::Garbage { reason, .. }) = framer.finish() {
@@ -102,31 +124,89 @@ impl Peer {
                 }
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    // Idle only counts while nothing is being worked on for this client.
-                    if self.outstanding.load(Ordering::Acquire) > 0 || last_activity.elapsed() < idle {
-                        continue;
+                    if let Some(t) = request_started {
+                        if t.elapsed() >= request_limit {
+                            self.error(
+                                tx,
+                                format!(
+                                    "request not complete {} s after its first byte (server.request_read_timeout_secs)",
+                                    request_limit.as_secs()
+                                ),
+                            );
+                            return "request too slow".into();
+                        }
+                    } else if self.outstanding.load(Ordering::Acquire) == 0 && last_request.elapsed() >= idle {
+                        return format!("idle for {} s", idle.as_secs());
                     }
-                    return format!("idle for {} s", idle.as_secs());
+                    continue;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return format!("read error: {e}"),
-            };
-            last_activity = Instant::now();
-            framer.push(&buf[..n]);
-            while let Some(frame) = framer.next_frame() {
-                let ok = match frame {
-                    Frame::Object(bytes) => self.handle(tx, &bytes),
-                    Frame::Garbage { reason, .. } => self.error(tx, reason.to_string()),
-                    Frame::TooLarge { limit } => {
-                        self.error(tx, format!("request larger than {limit} bytes (server.max_request_bytes)"));
-                        return "request too large".into();
+                Err(e) => {
+                    // A reset client will never read its answers: stop working for it.
+                    let n = self.cancel.cancel_all(&self.shared.pool);
+                    if n > 0 {
+                        log::info!("{}: cancelled {n} queued image(s) of a broken connection", self.peer);
                     }
-                };
-                if !ok {
-                    return "write side closed".into();
+                    return format!("read error: {e}");
                 }
+            };
+            if request_started.is_none() {
+                request_started = Some(Instant::now());
+            }
+            framer.push(&buf[..n]);
+            let completed = match self.frames(&mut framer, tx) {
+                Ok(c) => c,
+                Err(reason) => return reason,
+            };
+            if completed {
+                last_request = Instant::now();
+            }
+            // What is left, if anything, is the start of the next request.
+            request_started = match (framer.has_partial(), completed) {
+                (false, _) => None,
+                (true, true) => Some(Instant::now()),
+                (true, false) => request_started,
+            };
+        }
+    }
+
+    /// Handles every complete frame; Ok(true) if there was at least one,
+    /// Err(why) when the connection must end.
+    fn frames(&self, framer: &mut Framer, tx: &Sender<Pending>) -> Result<bool, String> {
+        let mut any = false;
+        while let Some(frame) = framer.next_frame() {
+            any = true;
+            let ok = match frame {
+                Frame::Object(bytes) => self.handle(tx, &bytes),
+                Frame::Garbage { reason, .. } => self.error(tx, reason.to_string()),
+                Frame::TooLarge { limit } => {
+                    self.error(tx, format!("request larger than {limit} bytes (server.max_request_bytes)"));
+                    return Err("request too large".into());
+                }
+            };
+            if !ok {
+                return Err("write side closed".into());
             }
         }
+        Ok(any)
+    }
+
+    /// Draining: handles the requests already in the socket's buffer, without waiting for more.
+    fn read_what_arrived(&self, framer: &mut Framer, buf: &mut [u8], tx: &Sender<Pending>) {
+        let mut stream = &self.stream;
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        while let Ok(n) = stream.read(buf) {
+            if n == 0 {
+                break;
+            }
+            framer.push(&buf[..n]);
+            if self.frames(framer, tx).is_err() {
+                break;
+            }
+        }
+        let _ = stream.set_nonblocking(false);
     }
 
     fn handle(&self, tx: &Sender<Pending>, bytes: &[u8]) -> bool {
@@ -145,7 +225,7 @@ impl Peer {
     }
 }
 
-fn write_loop(mut stream: TcpStream, rx: Receiver<Pending>, peer: &str, outstanding: &AtomicUsize) {
+fn write_loop(mut stream: TcpStream, rx: Receiver<Pending>, peer: &str, outstanding: &AtomicUsize, on_broken: impl Fn()) {
     let mut broken = false;
     for p in rx {
         let detail;
@@ -164,6 +244,7 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Pending>, peer: &str, outstand
             if let Err(e) = stream.write_all(&response.to_bytes()) {
                 log::info!("{peer}: cannot write response: {e}");
                 broken = true;
+                on_broken();
                 // Unblock the reader: the client is gone.
                 let _ = stream.shutdown(Shutdown::Both);
             }

@@ -20,11 +20,38 @@ pub struct Options {
     pub extended: bool,
     pub request_timeout_secs: u64,
     pub max_file_bytes: u64,
+    /// `inference.max_queued_per_connection`; None = the server's default.
+    pub max_queued_per_connection: Option<usize>,
+    /// `debug.min_inference_ms`: a slow worker made by configuration.
+    pub min_inference_ms: u64,
+    pub idle_timeout_secs: u64,
+    pub request_read_timeout_secs: u64,
+    pub max_connections_per_address: Option<usize>,
+    pub drain_timeout_secs: u64,
+    pub download_allowed_hosts: Vec<String>,
+    /// Leave a `.download-*.part` in the model folder before the server starts.
+    pub stale_part_file: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, queue_capacity: 64, max_connections: 16, max_request_bytes: 4096, extended: false, request_timeout_secs: 60, max_file_bytes: 64 << 20 }
+        Options {
+            workers: 2,
+            queue_capacity: 64,
+            max_connections: 16,
+            max_request_bytes: 4096,
+            extended: false,
+            request_timeout_secs: 60,
+            max_file_bytes: 64 << 20,
+            max_queued_per_connection: None,
+            min_inference_ms: 0,
+            idle_timeout_secs: 30,
+            request_read_timeout_secs: 10,
+            max_connections_per_address: None,
+            drain_timeout_secs: 30,
+            download_allowed_hosts: vec!["127.0.0.1".into()],
+            stale_part_file: false,
+        }
     }
 }
 
@@ -59,6 +86,11 @@ impl TestServer {
         std::fs::copy(default_model(), dir.join("models/pear-default.safetensors")).unwrap();
         std::fs::copy(default_model(), dir.join("models/second.safetensors")).unwrap();
         std::fs::write(dir.join("models/broken.safetensors"), b"not a model").unwrap();
+        if o.stale_part_file {
+            std::fs::write(dir.join("models/.download-1-0.part"), b"half a model").unwrap();
+        }
+        let opt = |k: &str, v: Option<usize>| v.map(|v| format!("{k} = {v}\n")).unwrap_or_default();
+        let hosts: Vec<String> = o.download_allowed_hosts.iter().map(|h| format!("{h:?}")).collect();
         let cfg = format!(
             r#"
 [server]
@@ -66,11 +98,15 @@ host = "127.0.0.1"
 port = 0
 max_connections = {max_conn}
 max_request_bytes = {max_req}
-idle_timeout_secs = 30
-[inference]
+idle_timeout_secs = {idle}
+request_read_timeout_secs = {read_timeout}
+drain_timeout_secs = {drain}
+{per_address}[inference]
 workers = {workers}
 queue_capacity = {queue}
 request_timeout_secs = {timeout}
+{per_conn}[debug]
+min_inference_ms = {min_ms}
 [model]
 dir = "models"
 default = "pear-default.safetensors"
@@ -78,6 +114,7 @@ confidence_threshold = 0.5
 allowed_roots = ["models", "models2"]
 download_max_bytes = 50000000
 download_timeout_secs = 20
+download_allowed_hosts = [{hosts}]
 [images]
 dir = "images"
 allowed_roots = ["images"]
@@ -91,15 +128,22 @@ extended_results = {ext}
             queue = o.queue_capacity,
             timeout = o.request_timeout_secs,
             ext = o.extended,
-            max_file = o.max_file_bytes
+            max_file = o.max_file_bytes,
+            idle = o.idle_timeout_secs,
+            read_timeout = o.request_read_timeout_secs,
+            drain = o.drain_timeout_secs,
+            per_address = opt("max_connections_per_address", o.max_connections_per_address),
+            per_conn = opt("max_queued_per_connection", o.max_queued_per_connection),
+            min_ms = o.min_inference_ms,
+            hosts = hosts.join(", ")
         );
         std::fs::write(dir.join("server.toml"), cfg).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pear-server"))
             .arg("--config")
             .arg(dir.join("server.toml"))
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "info,pear_server::commands=debug")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("server.log")).unwrap()))
             .spawn()
             .expect("start pear-server");
         let mut line = String::new();
@@ -111,6 +155,46 @@ extended_results = {ext}
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
+
+    /// The server's log so far (RUST_LOG=info).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (libc::SIGTERM, SIGINT) to the server process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit (at most `limit`, then fails) and gives its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < until, "server did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory of the server so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+}
+
+/// A 0x01 request for these files.
+pub fn classify(files: &[&str]) -> String {
+    let list: Vec<String> = files.iter().map(|f| format!("{f:?}")).collect();
+    format!("{{\"cmd\": 0x01, \"request_data\": [{}]}}", list.join(", "))
 }
 
 impl Drop for TestServer {

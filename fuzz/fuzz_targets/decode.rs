@@ -1,0 +1,3 @@
+#![no_main]
+// Body and invariants: pear_server::fuzzing::decode (replayed in CI by tests/fuzz_corpus.rs).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pear_server::fuzzing::decode(data));

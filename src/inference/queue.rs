@@ -1,0 +1,131 @@
+//! The shared inference queue, served round-robin across connections.
+//!
+//! Each connection has its own FIFO of jobs; workers take one job from each
+//! connection in turn, so a single image from one client waits for at most
+//! one job per other busy connection, never behind another client's whole
+//! batch. The crossbeam channel carries one token per queued job: it bounds
+//! the total (`queue_capacity`) and wakes exactly one idle worker per job,
+//! while the order in which jobs are served is decided here.
+
+use super::pool::Job;
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// All connections together have `queue_capacity` images waiting.
+    QueueFull,
+    /// This connection has `max_queued_per_connection` images waiting.
+    ConnectionShare,
+}
+
+impl Refusal {
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::QueueFull => "server busy: inference queue full (inference.queue_capacity)",
+            Refusal::ConnectionShare => {
+                "server busy: this connection already has its share of the queue waiting (inference.max_queued_per_connection)"
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Lanes {
+    jobs: HashMap<u64, VecDeque<Job>>,
+    /// Connections with queued jobs, in serving order.
+    ring: VecDeque<u64>,
+}
+
+pub struct FairQueue {
+    lanes: Mutex<Lanes>,
+    tokens_tx: Sender<()>,
+    tokens_rx: Receiver<()>,
+    per_connection: usize,
+}
+
+impl FairQueue {
+    pub fn new(capacity: usize, per_connection: usize) -> FairQueue {
+        let (tokens_tx, tokens_rx) = bounded(capacity.max(1));
+        FairQueue { lanes: Mutex::default(), tokens_tx, tokens_rx, per_connection: per_connection.max(1) }
+    }
+
+    fn lanes(&self) -> MutexGuard<'_, Lanes> {
+        // A panic never happens while the lock is held; if one did, the lanes
+        // are still consistent (every mutation is a single push or pop).
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, job: Job) -> Result<(), (Job, Refusal)> {
+        let mut lanes = self.lanes();
+        let conn = job.conn;
+        if lanes.jobs.get(&conn).map_or(0, VecDeque::len) >= self.per_connection {
+            return Err((job, Refusal::ConnectionShare));
+        }
+        // The token goes in under the lock, so a worker holding a token always
+        // finds the job once it gets the lock.
+        match self.tokens_tx.try_send(()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => return Err((job, Refusal::QueueFull)),
+        }
+        let lane = lanes.jobs.entry(conn).or_default();
+        lane.push_back(job);
+        if lane.len() == 1 {
+            lanes.ring.push_back(conn);
+        }
+        Ok(())
+    }
+
+    /// Blocks until a job is queued; the next connection in turn gives one.
+    pub fn pop(&self) -> Job {
+        loop {
+            // The sender lives in `self`, so recv only fails if it was dropped,
+            // which cannot happen while `self` is borrowed.
+            if self.tokens_rx.recv().is_err() {
+                continue;
+            }
+            let mut lanes = self.lanes();
+            // A purge may have taken this token's job; wait for the next one.
+            while let Some(conn) = lanes.ring.pop_front() {
+                let Some(lane) = lanes.jobs.get_mut(&conn) else { continue };
+                let Some(job) = lane.pop_front() else {
+                    lanes.jobs.remove(&conn);
+                    continue;
+                };
+                if lane.is_empty() {
+                    lanes.jobs.remove(&conn);
+                } else {
+                    lanes.ring.push_back(conn);
+                }
+                return job;
+            }
+        }
+    }
+
+    /// Removes every queued job of `conn` (already cancelled by its owner),
+    /// freeing their places at once; returns how many were removed.
+    pub fn purge(&self, conn: u64) -> usize {
+        let mut lanes = self.lanes();
+        let Some(lane) = lanes.jobs.remove(&conn) else { return 0 };
+        lanes.ring.retain(|c| *c != conn);
+        // Take back their tokens. A token a worker already holds finds no job
+        // and is simply spent, so tokens never outnumber jobs for long.
+        for _ in 0..lane.len() {
+            if self.tokens_rx.try_recv().is_err() {
+                break;
+            }
+        }
+        lane.len()
+    }
+
+    /// Images waiting, all connections together.
+    pub fn len(&self) -> usize {
+        self.lanes().jobs.values().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
