@@ -29,8 +29,8 @@ fn frames(data: &[u8], chunk: usize) -> Vec<Frame> {
 
 /// Framer and request parser: the first byte picks how the rest is split
 /// into reads. However the bytes arrive, the frames must be the same; every
-/// object fits the limit and starts with `{` or `[`; parsing never panics and
-/// a parsed command answers with its own code + 1.
+/// object fits the limit and starts with `{` or `[`; parsing the envelope and
+/// the command's own data never panics.
 pub fn framer_and_request(data: &[u8]) {
     let Some((&first, rest)) = data.split_first() else { return };
     let chunked = frames(rest, usize::from(first % 32) + 1);
@@ -40,8 +40,9 @@ pub fn framer_and_request(data: &[u8]) {
         if let Frame::Object(bytes) = f {
             assert!(bytes.len() <= MAX_REQUEST);
             assert!(bytes.first().is_some_and(|b| *b == b'{' || *b == b'['));
-            if let Ok(cmd) = parse_request(bytes) {
-                assert_eq!(cmd.response_code(), cmd.code() + 1);
+            if let Ok(req) = parse_request(bytes) {
+                // Commands parse their own data; building one must never panic.
+                let _ = crate::commands::parse(&req);
             }
         }
     }

@@ -68,11 +68,17 @@ fn main() -> ExitCode {
     let shared = server.run();
     let timeout = std::time::Duration::from_secs(shared.config.server.drain_timeout_secs);
     let drained = pear_server::server::shutdown::drain(&shared, timeout);
-    shared.remove_partial_downloads();
     if drained {
         log::info!("drained: every request received was answered; exiting");
     } else {
-        log::warn!("drain timed out after {} s (server.drain_timeout_secs); exiting with work unanswered", timeout.as_secs());
+        // Images still queued are answered "shutting down" rather than dropped;
+        // only an image already running, or a download, is still waited for (briefly).
+        log::warn!("drain not finished after {} s (server.drain_timeout_secs); answering the rest as shutting down", timeout.as_secs());
+        shared.shutdown.stop();
+        if !pear_server::server::shutdown::drain(&shared, std::time::Duration::from_secs(5)) {
+            log::warn!("exiting with connections still open");
+        }
     }
+    shared.remove_partial_downloads();
     ExitCode::SUCCESS
 }

@@ -38,11 +38,12 @@ pub struct Shared {
     pub connections: AtomicUsize,
     pub per_address: Mutex<HashMap<IpAddr, usize>>,
     next_conn: AtomicU64,
-    pub shutdown: Shutdown,
+    /// Heard by the listener, every Peer and the pool's workers.
+    pub shutdown: Arc<Shutdown>,
 }
 
 impl Shared {
-    pub fn new(config: Config, device: Device, model: ActiveModel, pool: Pool) -> std::io::Result<Shared> {
+    pub fn new(config: Config, device: Device, model: ActiveModel, pool: Pool, shutdown: Arc<Shutdown>) -> std::io::Result<Shared> {
         let model_dir = config.model.dir.canonicalize()?;
         let image_dir = config.images.dir.canonicalize()?;
         Ok(Shared {
@@ -58,7 +59,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             per_address: Mutex::default(),
             next_conn: AtomicU64::new(1),
-            shutdown: Shutdown::default(),
+            shutdown,
         })
     }
 

@@ -8,7 +8,7 @@
 //! 3. slowloris: `slow_senders_cannot_hold_a_slot`, `idle_counts_from_the_last_complete_request`,
 //!    `connections_per_address_are_capped`
 //! 4. shutdown: `sigterm_answers_everything_received`, `a_second_signal_exits_at_once`,
-//!    `stale_download_files_are_removed_at_start`
+//!    `an_expired_drain_still_answers`, `stale_download_files_are_removed_at_start`
 //! 5. memory: `png_bomb_is_refused_from_its_header`, `images.rs::oversized_files_are_refused`,
 //!    `thin_fruit_box_is_refused_not_allocated`
 //! 6. workers: `images.rs::special_files_are_refused_without_blocking` (and the
@@ -244,6 +244,22 @@ fn a_second_signal_exits_at_once() {
     }
     s.signal(libc::SIGINT);
     assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(130));
+}
+
+/// A drain that runs out of time still answers: what was queued answers
+/// error 4 "server shutting down" instead of the connection just dropping.
+#[test]
+fn an_expired_drain_still_answers() {
+    let mut s = TestServer::start(Options { workers: 1, min_inference_ms: 1000, drain_timeout_secs: 1, extended: true, ..Options::default() });
+    let mut a = s.client();
+    a.send(classify(&["normal_1.jpg"; 10]).as_bytes());
+    assert_eq!(s.client().request(CURRENT_MODEL)["cmd"], 0x23);
+    s.signal(libc::SIGTERM);
+    let r = a.recv();
+    assert_eq!(entries(&r).len(), 10);
+    let late = entries(&r).iter().filter(|e| e["message"].as_str().is_some_and(|m| m.contains("shutting down"))).count();
+    assert!(late >= 1 && count(&r, 0) + late == 10, "{r}");
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
 }
 
 #[test]

@@ -2,12 +2,13 @@
 //! the switch; images already queued finish on the model they were queued with;
 //! on any failure the previous model stays active.
 
-use super::{model_file, Conn};
+use super::{model_file, Conn, Command, Reply};
+use crate::protocol::{one_string, InvalidRequest, Request};
 use crate::protocol::{Entry, ErrorCode};
 use crate::state::ActiveModel;
 use std::sync::Arc;
 
-pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
+fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
     let shared = conn.shared;
     let _guard = shared.model_ops.lock().unwrap_or_else(|p| p.into_inner());
     let path = match model_file(shared, name) {
@@ -28,5 +29,19 @@ pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
             log::warn!("{}: 0x26 {name}: cannot load: {e}", conn.peer);
             vec![Entry::failed(Some(name.to_string()), ErrorCode::ResourceNotFound, format!("cannot load '{name}': {e}"))]
         }
+    }
+}
+
+struct ChangeModel {
+    name: String,
+}
+
+pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    Ok(Box::new(ChangeModel { name: one_string(req, "a model file name")? }))
+}
+
+impl Command for ChangeModel {
+    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
+        Reply::answer(0x26, handle(&self.name, conn))
     }
 }

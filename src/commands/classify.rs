@@ -3,13 +3,37 @@
 //! Paths are checked here (refused: error_code 1, missing: 2) so workers only
 //! see files inside the folder; the rest become jobs on the shared pool.
 
-use super::{Conn, Reply};
+use super::{Command, Conn, Reply};
 use crate::inference::{Batch, Outcome};
 use crate::paths::{resolve_file, PathError};
-use crate::protocol::{Entry, ErrorCode, Extended, Response};
+use crate::protocol::{invalid, string_list, Entry, ErrorCode, Extended, InvalidRequest, Request, Response, IMAGE_EXTENSIONS};
 use std::time::Duration;
 
-pub fn handle(files: Vec<String>, conn: &Conn) -> Reply {
+struct Classify {
+    files: Vec<String>,
+}
+
+pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    let files = string_list(req)?;
+    if files.is_empty() {
+        return Err(invalid("command 0x01 needs a non-empty list of image file names"));
+    }
+    for f in &files {
+        let ext = f.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+        if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            return Err(invalid(format!("'{f}' is not a .jpg, .jpeg or .png file name")));
+        }
+    }
+    Ok(Box::new(Classify { files }))
+}
+
+impl Command for Classify {
+    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
+        handle(self.files, conn)
+    }
+}
+
+fn handle(files: Vec<String>, conn: &Conn) -> Reply {
     let shared = conn.shared;
     let max = shared.pool.per_connection();
     if files.len() > max {
@@ -58,6 +82,7 @@ pub fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool) -> Re
                 Outcome::Cancelled => (None, ErrorCode::Timeout, Some("cancelled by 0x03".into()), None),
                 Outcome::TimedOut => (None, ErrorCode::Timeout, Some("timed out: no image of this request was answered within inference.request_timeout_secs".into()), None),
                 Outcome::Busy(why) => (None, ErrorCode::Timeout, Some(why.message().into()), None),
+                Outcome::ShuttingDown => (None, ErrorCode::Timeout, Some("server shutting down (server.drain_timeout_secs passed)".into()), None),
             };
             let mut e = Entry::new(Some(file), result, code);
             if extended {

@@ -1,10 +1,11 @@
 //! 0x28: delete a model file; the active model cannot be deleted.
 
-use super::{model_file, Conn};
+use super::{model_file, Conn, Command, Reply};
+use crate::protocol::{one_string, InvalidRequest, Request};
 use crate::paths::PathError;
 use crate::protocol::{Entry, ErrorCode};
 
-pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
+fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
     let shared = conn.shared;
     let _guard = shared.model_ops.lock().unwrap_or_else(|p| p.into_inner());
     let file = Some(name.to_string());
@@ -31,5 +32,19 @@ pub fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
             log::warn!("{}: 0x28 {name}: {e}", conn.peer);
             vec![Entry::failed(file, ErrorCode::ResourceNotFound, format!("cannot delete '{name}': {e}"))]
         }
+    }
+}
+
+struct DeleteModel {
+    name: String,
+}
+
+pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    Ok(Box::new(DeleteModel { name: one_string(req, "a model file name")? }))
+}
+
+impl Command for DeleteModel {
+    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
+        Reply::answer(0x28, handle(&self.name, conn))
     }
 }

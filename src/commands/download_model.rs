@@ -9,7 +9,8 @@
 //! included (each hop is checked before it is requested); credentials and
 //! query strings never reach the log; one download runs at a time.
 
-use super::Conn;
+use super::{Command, Conn, Reply};
+use crate::protocol::{invalid, one_string, InvalidRequest, Request};
 use crate::config::ModelSection;
 use crate::paths::check_model_name;
 use crate::state::Shared;
@@ -179,7 +180,7 @@ fn fetch(url: &str, mut file: std::fs::File, cfg: &ModelSection) -> Result<u64, 
     Ok(total)
 }
 
-pub fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
+fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
     let shared = conn.shared;
     let shown = redact(url);
     let refuse = |name: Option<String>, code, message: String| {
@@ -224,6 +225,25 @@ pub fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
             vec![Entry::ok(Some(name))]
         }
         Err(e) => refuse(Some(name), ErrorCode::ResourceNotFound, e),
+    }
+}
+
+struct DownloadModel {
+    url: String,
+}
+
+pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    let url = one_string(req, "a URL")?;
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(invalid(format!("command 0x20 needs an http:// or https:// URL, got '{}'", redact(&url))));
+    }
+    Ok(Box::new(DownloadModel { url }))
+}
+
+impl Command for DownloadModel {
+    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
+        Reply::answer(0x20, handle(&self.url, conn))
     }
 }
 

@@ -1,9 +1,10 @@
 //! 0x24: the files in the model folder (hidden and partial downloads excluded).
 
-use super::Conn;
+use super::{Command, Conn, Reply};
+use crate::protocol::{no_data, InvalidRequest, Request};
 use crate::protocol::{Entry, ErrorCode};
 
-pub fn handle(conn: &Conn) -> Vec<Entry> {
+fn handle(conn: &Conn) -> Vec<Entry> {
     let dir = conn.shared.model_dir();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .map(|rd| {
@@ -19,4 +20,17 @@ pub fn handle(conn: &Conn) -> Vec<Entry> {
         return vec![Entry::failed(None, ErrorCode::ResourceNotFound, format!("no model files in {}", dir.display()))];
     }
     names.into_iter().map(|n| Entry::ok(Some(n))).collect()
+}
+
+struct ListModels;
+
+pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    no_data(req)?;
+    Ok(Box::new(ListModels))
+}
+
+impl Command for ListModels {
+    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
+        Reply::answer(0x24, handle(conn))
+    }
 }

@@ -4,6 +4,7 @@ use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
 use crate::decode::{decode_image, Limits};
 use crate::model::pipeline::{Inspection, Pipeline};
+use crate::server::shutdown::Shutdown;
 use crossbeam_channel::Sender;
 use image::RgbImage;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -41,6 +42,8 @@ pub enum Outcome {
     TimedOut,
     /// Not queued: the queue or this connection's share of it was full (error_code 4).
     Busy(Refusal),
+    /// Still queued when the shutdown drain ran out of time (error_code 4).
+    ShuttingDown,
 }
 
 /// Life of a job; a job is run or cancelled exactly once (compare-and-swap).
@@ -82,6 +85,10 @@ impl Job {
     fn run(self, opts: &PoolOptions) {
         if !self.state.start() {
             return; // cancelled (0x03, reset, timeout): the canceller has answered for it
+        }
+        if opts.shutdown.is_stopping() {
+            let _ = self.reply.send((self.index, Outcome::ShuttingDown));
+            return;
         }
         let started = Instant::now();
         // Reading and decoding are under the guard too: a panic anywhere in
@@ -127,11 +134,21 @@ pub struct PoolOptions {
     /// Every image takes at least this long (`debug.min_inference_ms`): lets
     /// tests make a slow worker by configuration instead of by luck.
     pub min_job: Duration,
+    /// The server's shutdown signal: once it says stop, queued jobs are answered unrun.
+    pub shutdown: Arc<Shutdown>,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        PoolOptions { workers: 1, threads: 1, capacity: 16, per_connection: 16, limits: Limits::default(), min_job: Duration::ZERO }
+        PoolOptions {
+            workers: 1,
+            threads: 1,
+            capacity: 16,
+            per_connection: 16,
+            limits: Limits::default(),
+            min_job: Duration::ZERO,
+            shutdown: Arc::default(),
+        }
     }
 }
 

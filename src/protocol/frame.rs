@@ -6,6 +6,8 @@
 //! only reliable boundary is the object's own closing brace. This module finds
 //! it (string- and escape-aware) without any I/O, so it can be fuzzed.
 
+use super::json_string::StringScanner;
+
 /// One unit cut from the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -26,13 +28,12 @@ pub struct Framer {
     /// one byte at a time costs O(n), not O(n^2).
     scanned: usize,
     depth: usize,
-    in_string: bool,
-    escaped: bool,
+    strings: StringScanner,
 }
 
 impl Framer {
     pub fn new(max_request_bytes: usize) -> Self {
-        Framer { buf: Vec::new(), max: max_request_bytes.max(2), scanned: 0, depth: 0, in_string: false, escaped: false }
+        Framer { buf: Vec::new(), max: max_request_bytes.max(2), scanned: 0, depth: 0, strings: StringScanner::default() }
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -93,8 +94,7 @@ impl Framer {
     fn reset_scan(&mut self) {
         self.scanned = 0;
         self.depth = 0;
-        self.in_string = false;
-        self.escaped = false;
+        self.strings = StringScanner::default();
     }
 
     /// Finds the matching `close` for the `open` at buf[0]. Only that pair is
@@ -111,21 +111,13 @@ impl Framer {
                 return Some(Frame::TooLarge { limit: self.max });
             }
             let b = self.buf[i];
-            if self.in_string {
-                if self.escaped {
-                    self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
-                } else if b == b'\n' {
+            if self.strings.step(b) {
+                if b == b'\n' {
                     // JSON strings cannot hold a raw newline: the quote was never closed.
                     self.buf.drain(..=i);
                     self.reset_scan();
                     return Some(Frame::Garbage { len: i + 1, reason: "unterminated string in request" });
                 }
-            } else if b == b'"' {
-                self.in_string = true;
             } else if b == b'{' && open == b'{' && i > 0 {
                 self.buf.drain(..i);
                 self.reset_scan();

@@ -1,12 +1,13 @@
 //! The wire protocol, pure: bytes in, values out, no I/O.
 //!
-//! `frame` cuts the stream into objects, `request` validates one object into a
-//! `Command`, `response` builds what goes back.
+//! `frame` cuts the stream into objects, `request` checks one object's
+//! envelope (`cmd`, `request_data`), `response` builds what goes back.
 
 pub mod frame;
+pub mod json_string;
 pub mod request;
 pub mod response;
 
 pub use frame::{Frame, Framer};
-pub use request::{parse_request, Command, InvalidRequest};
+pub use request::{invalid, no_data, one_string, parse_request, string_list, InvalidRequest, Request, IMAGE_EXTENSIONS};
 pub use response::{Entry, ErrorCode, Extended, Response};

@@ -61,6 +61,7 @@ pub fn start(config: Config, device: Device) -> Result<Server, StartError> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let (workers, threads) = config.inference.thread_budget(cores);
     log::info!("{workers} inference worker(s) x {threads} thread(s) on {cores} core(s)");
+    let shutdown = Arc::new(super::shutdown::Shutdown::default());
     let pool = Pool::new(PoolOptions {
         workers,
         threads,
@@ -68,10 +69,11 @@ pub fn start(config: Config, device: Device) -> Result<Server, StartError> {
         per_connection: config.inference.per_connection(),
         limits: config.images.limits(),
         min_job: Duration::from_millis(config.debug.min_inference_ms),
+        shutdown: shutdown.clone(),
     })?;
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
-    let shared = Arc::new(Shared::new(config, device, model, pool)?);
+    let shared = Arc::new(Shared::new(config, device, model, pool, shutdown)?);
     Ok(Server { listener, shared })
 }
 

@@ -11,7 +11,7 @@
 //! images cancelled; a plain end of input (`nc -q`, `nc -N`) is a half-close
 //! and still gets every answer.
 
-use crate::commands::{classify, dispatch, Conn, Reply};
+use crate::commands::{self, Conn, Reply};
 use crate::inference::CancelRegistry;
 use crate::protocol::{parse_request, ErrorCode, Frame, Framer, Response};
 use crate::state::Shared;
@@ -211,13 +211,12 @@ impl Peer {
 
     fn handle(&self, tx: &Sender<Pending>, bytes: &[u8]) -> bool {
         let started = Instant::now();
-        let cmd = match parse_request(bytes) {
+        let (cmd, code) = match parse_request(bytes).and_then(|req| Ok((commands::parse(&req)?, req.code as u8))) {
             Ok(c) => c,
             Err(e) => return self.error(tx, e.0),
         };
-        let code = cmd.code();
         let conn = Conn { shared: &self.shared, cancel: &self.cancel, peer: &self.peer };
-        let reply = catch_unwind(AssertUnwindSafe(|| dispatch(cmd, &conn))).unwrap_or_else(|_| {
+        let reply = catch_unwind(AssertUnwindSafe(|| cmd.apply(&conn))).unwrap_or_else(|_| {
             log::error!("{}: handler for 0x{code:02x} panicked", self.peer);
             Reply::Ready(Response::error(ErrorCode::Internal, format!("internal error while handling 0x{code:02x}")))
         });
@@ -228,18 +227,7 @@ impl Peer {
 fn write_loop(mut stream: TcpStream, rx: Receiver<Pending>, peer: &str, outstanding: &AtomicUsize, on_broken: impl Fn()) {
     let mut broken = false;
     for p in rx {
-        let detail;
-        let response = match p.reply {
-            Reply::Ready(r) => {
-                detail = String::new();
-                r
-            }
-            Reply::Batch { batch, extended } => {
-                let (files, outcomes) = batch.wait();
-                detail = format!(" files={}", files.len());
-                classify::respond(files, outcomes, extended)
-            }
-        };
+        let (response, detail) = p.reply.finish();
         if !broken {
             if let Err(e) = stream.write_all(&response.to_bytes()) {
                 log::info!("{peer}: cannot write response: {e}");

@@ -3,8 +3,10 @@
 //!
 //! Draining: the listener stops accepting, each Peer answers what it has
 //! already received and closes, workers finish the queue; `main` waits for the
-//! last connection (at most `server.drain_timeout_secs`) and exits 0. A second
-//! signal exits at once.
+//! last connection (at most `server.drain_timeout_secs`) and exits 0. If the
+//! drain runs out of time, `stop` makes the workers answer what is still
+//! queued as "server shutting down" (error 4) instead of the clients getting
+//! nothing. A second signal exits at once.
 
 use crate::state::Shared;
 use std::net::{SocketAddr, TcpStream};
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Default)]
 pub struct Shutdown {
     draining: AtomicBool,
+    stopping: AtomicBool,
 }
 
 impl Shutdown {
@@ -24,6 +27,16 @@ impl Shutdown {
     /// Raises the signal; true if it was not raised before.
     pub fn begin(&self) -> bool {
         !self.draining.swap(true, Ordering::AcqRel)
+    }
+
+    /// The drain ran out of time: queued images are answered without inference.
+    pub fn stop(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 }
 
