@@ -67,9 +67,12 @@ impl Framer {
                 // Garbage runs to the next plausible request start or line end.
                 // Until that is seen, wait for more bytes (up to the request
                 // limit): one bad line is one error however it was split.
-                let end = match self.buf[1..].iter().position(|&b| b == b'{' || b == b'[' || b == b'\n') {
+                // Only the first `max` bytes count, so where garbage is cut
+                // never depends on how much had arrived.
+                let window = &self.buf[1..self.buf.len().min(self.max)];
+                let end = match window.iter().position(|&b| b == b'{' || b == b'[' || b == b'\n') {
                     Some(i) => i + 1 + usize::from(self.buf[i + 1] == b'\n'),
-                    None if self.buf.len() >= self.max => self.buf.len(),
+                    None if self.buf.len() >= self.max => self.max,
                     None => return None,
                 };
                 self.buf.drain(..end);
