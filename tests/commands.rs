@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
+use std::time::Duration;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
@@ -105,21 +106,31 @@ fn cheap_commands_do_not_wait_for_inference() {
     assert!(cancelled > 0, "the cheap commands were answered before the batch ended: {batch}");
 }
 
-/// One image running for at least 1 s and a queue of 4: of 8 images sent at
-/// once by two clients, at most 5 are taken; the rest are refused at once.
+/// One image running for at least 1 s and a queue of 8: a fills it; b,
+/// arriving at a full queue, gets the one place every connection is
+/// guaranteed and its other 7 images are refused at once.
 #[test]
 fn queue_full_answers_at_once() {
-    let s = TestServer::start(Options { workers: 1, queue_capacity: 4, min_inference_ms: 1000, ..Options::default() });
+    let s = TestServer::start(Options { workers: 1, queue_capacity: 8, min_inference_ms: 1000, extended: true, ..Options::default() });
     let mut c = s.client();
-    let r = c.request(&classify(&["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]));
-    assert!(assert_error(&r, 1).contains("at most 4"));
+    let r = c.request(&classify(&["a.jpg"; 9]));
+    assert!(assert_error(&r, 1).contains("at most 8"));
     let mut a = s.client();
     let mut b = s.client();
-    a.send(classify(&["normal_1.jpg"; 4]).as_bytes());
-    b.send(classify(&["normal_1.jpg"; 4]).as_bytes());
-    let (ra, rb) = (a.recv(), b.recv());
-    let busy: Vec<&Value> = entries(&ra).iter().chain(entries(&rb)).filter(|e| e["error_code"] == 4).collect();
-    assert!(busy.len() >= 3, "8 images on a queue of 4 must refuse some: {ra} {rb}");
+    a.send(format!("{}{}", classify(&["normal_1.jpg"; 8]), r#"{"cmd": 0x22, "request_data": null}"#).as_bytes());
+    // b only once a's images are in: the 0x22 pipelined behind them cannot
+    // be answered before, so wait for a's log line instead.
+    for _ in 0..400 {
+        if s.log().contains("0x01 queued 8 of 8") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    b.send(format!("{}{}", classify(&["normal_1.jpg"; 8]), r#"{"cmd": 0x03, "request_data": null}"#).as_bytes());
+    let rb = b.recv();
+    let full: Vec<&Value> = entries(&rb).iter().filter(|e| e["message"].as_str().is_some_and(|m| m.contains("queue_capacity"))).collect();
+    assert_eq!(full.len(), 7, "{rb}");
+    a.send(br#"{"cmd": 0x03, "request_data": null}"#);
 }
 
 #[test]

@@ -135,6 +135,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inference::queue::GUARANTEED;
     use crate::inference::{PoolOptions, Refusal};
     use crate::model::pipeline::Inspection;
     use image::RgbImage;
@@ -175,25 +176,33 @@ mod tests {
         b
     }
 
-    /// Queue of 3 and the worker busy: of 5 images, 3 wait (then are
-    /// cancelled, leaving the queue at once) and 2 are refused.
+    /// Queue of 6 and the worker busy: a gets 6 of its 10 images in; b,
+    /// arriving at a full queue, still gets its guaranteed place for 1 of 5;
+    /// a's cancelled images leave the queue at once.
     #[test]
     fn cancel_and_full_queue() {
-        let pool = Pool::new(PoolOptions { capacity: 3, per_connection: 16, ..Default::default() }).unwrap();
-        let reg = CancelRegistry::new(1);
+        let pool = Pool::new(PoolOptions { capacity: 6, per_connection: 16, ..Default::default() }).unwrap();
+        let (a, b) = (CancelRegistry::new(1), CancelRegistry::new(2));
         let (gate, held) = crossbeam_channel::unbounded();
         let insp: Arc<dyn Inspector> = Arc::new(Gated(Mutex::new(held), Mutex::default()));
         let p = png("cancel");
-        let first = occupy_worker(&pool, &insp, &reg, &p);
-        let batch = Batch::submit(files(5), (0..5).map(|_| Ok(p.clone())).collect(), insp, &pool, &reg, Duration::from_secs(30));
-        assert_eq!(pool.queued(), 3);
-        assert_eq!(reg.cancel_all(&pool), 3);
-        assert_eq!(pool.queued(), 0, "cancelled jobs leave the queue at once");
-        gate.send(()).unwrap();
+        let first = occupy_worker(&pool, &insp, &a, &p);
+        let big = Batch::submit(files(10), (0..10).map(|_| Ok(p.clone())).collect(), insp.clone(), &pool, &a, Duration::from_secs(30));
+        assert_eq!(pool.queued(), 6);
+        let small = Batch::submit(files(5), (0..5).map(|_| Ok(p.clone())).collect(), insp, &pool, &b, Duration::from_secs(30));
+        assert_eq!(pool.queued(), 6 + GUARANTEED);
+        assert_eq!(a.cancel_all(&pool), 6);
+        assert_eq!(pool.queued(), GUARANTEED, "cancelled jobs leave the queue at once");
+        for _ in 0..2 {
+            gate.send(()).unwrap();
+        }
         assert!(matches!(first.wait().1[0], Outcome::Done(_)));
-        let (_, out) = batch.wait();
-        assert_eq!(&out[..3], &[Outcome::Cancelled, Outcome::Cancelled, Outcome::Cancelled]);
-        assert_eq!(&out[3..], &[Outcome::Busy(Refusal::QueueFull), Outcome::Busy(Refusal::QueueFull)]);
+        let (_, out) = big.wait();
+        assert!(out[..6].iter().all(|o| *o == Outcome::Cancelled), "{out:?}");
+        assert!(out[6..].iter().all(|o| *o == Outcome::Busy(Refusal::QueueFull)), "{out:?}");
+        let (_, out) = small.wait();
+        assert!(matches!(out[0], Outcome::Done(_)), "{out:?}");
+        assert!(out[1..].iter().all(|o| *o == Outcome::Busy(Refusal::QueueFull)), "{out:?}");
     }
 
     /// Two connections: the worker alternates between them, so the second

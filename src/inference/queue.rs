@@ -3,12 +3,16 @@
 //! Each connection has its own FIFO of jobs; workers take one job from each
 //! connection in turn, so a single image from one client waits for at most
 //! one job per other busy connection, never behind another client's whole
-//! batch. The crossbeam channel carries one token per queued job: it bounds
-//! the total (`queue_capacity`) and wakes exactly one idle worker per job,
-//! while the order in which jobs are served is decided here.
+//! batch. A connection may have at most `per_connection` images waiting, all
+//! together at most `capacity`; but a connection with nothing waiting is
+//! always let in with one image (`GUARANTEED`), so clients that fill the queue (say, by sending
+//! big batches and hanging up, again and again) cannot lock out a client
+//! asking for one image. The crossbeam channel carries one token per queued
+//! job and wakes exactly one idle worker per job; the order in which jobs are
+//! served is decided here.
 
 use super::pool::Job;
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
@@ -32,24 +36,31 @@ impl Refusal {
     }
 }
 
+/// Images a connection may always have waiting, even when the queue is full:
+/// one, so a client asking for one image is never refused, while a client
+/// that opens connection after connection only gains one place per connection.
+pub const GUARANTEED: usize = 1;
+
 #[derive(Default)]
 struct Lanes {
     jobs: HashMap<u64, VecDeque<Job>>,
     /// Connections with queued jobs, in serving order.
     ring: VecDeque<u64>,
+    total: usize,
 }
 
 pub struct FairQueue {
     lanes: Mutex<Lanes>,
     tokens_tx: Sender<()>,
     tokens_rx: Receiver<()>,
+    capacity: usize,
     per_connection: usize,
 }
 
 impl FairQueue {
     pub fn new(capacity: usize, per_connection: usize) -> FairQueue {
-        let (tokens_tx, tokens_rx) = bounded(capacity.max(1));
-        FairQueue { lanes: Mutex::default(), tokens_tx, tokens_rx, per_connection: per_connection.max(1) }
+        let (tokens_tx, tokens_rx) = unbounded();
+        FairQueue { lanes: Mutex::default(), tokens_tx, tokens_rx, capacity: capacity.max(1), per_connection: per_connection.max(1) }
     }
 
     fn lanes(&self) -> MutexGuard<'_, Lanes> {
@@ -61,15 +72,17 @@ impl FairQueue {
     pub fn push(&self, job: Job) -> Result<(), (Job, Refusal)> {
         let mut lanes = self.lanes();
         let conn = job.conn;
-        if lanes.jobs.get(&conn).map_or(0, VecDeque::len) >= self.per_connection {
+        let waiting = lanes.jobs.get(&conn).map_or(0, VecDeque::len);
+        if waiting >= self.per_connection {
             return Err((job, Refusal::ConnectionShare));
         }
-        // The token goes in under the lock, so a worker holding a token always
-        // finds the job once it gets the lock.
-        match self.tokens_tx.try_send(()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => return Err((job, Refusal::QueueFull)),
+        if lanes.total >= self.capacity && waiting >= GUARANTEED {
+            return Err((job, Refusal::QueueFull));
         }
+        // The token goes in under the lock, so a worker holding a token always
+        // finds the job once it gets the lock. (The receiver lives in `self`.)
+        let _ = self.tokens_tx.send(());
+        lanes.total += 1;
         let lane = lanes.jobs.entry(conn).or_default();
         lane.push_back(job);
         if lane.len() == 1 {
@@ -99,6 +112,7 @@ impl FairQueue {
                 } else {
                     lanes.ring.push_back(conn);
                 }
+                lanes.total -= 1;
                 return job;
             }
         }
@@ -110,6 +124,7 @@ impl FairQueue {
         let mut lanes = self.lanes();
         let Some(lane) = lanes.jobs.remove(&conn) else { return 0 };
         lanes.ring.retain(|c| *c != conn);
+        lanes.total -= lane.len();
         // Take back their tokens. A token a worker already holds finds no job
         // and is simply spent, so tokens never outnumber jobs for long.
         for _ in 0..lane.len() {
@@ -122,7 +137,7 @@ impl FairQueue {
 
     /// Images waiting, all connections together.
     pub fn len(&self) -> usize {
-        self.lanes().jobs.values().map(VecDeque::len).sum()
+        self.lanes().total
     }
 
     pub fn is_empty(&self) -> bool {
