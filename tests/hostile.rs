@@ -575,7 +575,8 @@ fn hostile_suite() {
     rgb16.save(images.join("sixteen.png")).unwrap();
     image::DynamicImage::ImageRgb8(rgb.clone()).to_luma_alpha8().save(images.join("grey_alpha.png")).unwrap();
     std::fs::copy(Path::new(ROOT).join("tests/fixtures/jpeg/cmyk.jpg"), images.join("cmyk.jpg")).unwrap();
-    for f in ["sixteen.png", "grey_alpha.png", "cmyk.jpg"] {
+    std::fs::copy(Path::new(ROOT).join("fuzz/corpus/decode/palette4.png"), images.join("palette.png")).unwrap();
+    for f in ["sixteen.png", "grey_alpha.png", "cmyk.jpg", "palette.png"] {
         assert_eq!(code(&mut c, f).0, 0, "{f}");
     }
     // A 16-bit PNG answers what its 8-bit twin answers.

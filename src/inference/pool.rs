@@ -234,3 +234,21 @@ fn lower_priority() {
         log::debug!("cannot lower inference thread priority: {}", std::io::Error::last_os_error());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::supervise;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A loop that dies twice is started again each time, then ends normally.
+    #[test]
+    fn a_dead_worker_is_started_again() {
+        let runs = AtomicUsize::new(0);
+        supervise(0, || {
+            if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                panic!("worker bug");
+            }
+        });
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+}
