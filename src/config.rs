@@ -172,6 +172,14 @@ pub struct ProtocolSection {
     pub extended_results: bool,
 }
 
+/// The metrics and health HTTP listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// host:port for /metrics, /healthz and /readyz; unset = off.
+    pub listen: Option<String>,
+}
+
 /// Knobs for tests and troubleshooting; off by default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -189,6 +197,7 @@ pub struct Config {
     pub model: ModelSection,
     pub images: ImagesSection,
     pub protocol: ProtocolSection,
+    pub metrics: MetricsSection,
     pub debug: DebugSection,
 }
 

@@ -48,9 +48,22 @@ fn main() -> ExitCode {
         }
     }
     let addr = server.local_addr().ok();
+    let shared = server.shared();
+    if let Some(listen) = shared.config.metrics.listen.clone() {
+        match pear_server::server::metrics_http::start(&listen, shared.clone()) {
+            Ok(a) => println!("pear-server metrics on http://{a}"),
+            Err(e) => {
+                eprintln!("pear-server: metrics: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    // Model loaded, sockets bound: tell systemd (Type=notify) we are ready.
+    pear_server::server::systemd::ready();
     let (first, second) = (server.shared(), server.shared());
     let signals = pear_server::server::shutdown::on_signals(
         move || {
+            pear_server::server::systemd::stopping();
             first.shutdown.begin();
             if let Some(a) = addr {
                 pear_server::server::shutdown::wake(a);

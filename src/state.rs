@@ -6,6 +6,7 @@
 
 use crate::config::Config;
 use crate::inference::Pool;
+use crate::metrics::Metrics;
 use crate::model::{ModelError, Pipeline};
 use crate::server::shutdown::Shutdown;
 use candle_core::Device;
@@ -40,10 +41,19 @@ pub struct Shared {
     next_conn: AtomicU64,
     /// Heard by the listener, every Peer and the pool's workers.
     pub shutdown: Arc<Shutdown>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    pub fn new(config: Config, device: Device, model: ActiveModel, pool: Pool, shutdown: Arc<Shutdown>) -> std::io::Result<Shared> {
+    pub fn new(
+        config: Config,
+        device: Device,
+        model: ActiveModel,
+        pool: Pool,
+        shutdown: Arc<Shutdown>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Shared> {
+        metrics.set_active_model(&model.name);
         let model_dir = config.model.dir.canonicalize()?;
         let image_dir = config.images.dir.canonicalize()?;
         Ok(Shared {
@@ -60,6 +70,7 @@ impl Shared {
             per_address: Mutex::default(),
             next_conn: AtomicU64::new(1),
             shutdown,
+            metrics,
         })
     }
 
@@ -80,6 +91,7 @@ impl Shared {
     }
 
     pub fn set_model(&self, m: ActiveModel) {
+        self.metrics.set_active_model(&m.name);
         *self.model.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(m);
     }
 
@@ -111,7 +123,10 @@ impl Shared {
 
     /// Loads a bundle fully (the caller swaps it in only on success).
     pub fn load_pipeline(&self, path: &Path) -> Result<Pipeline, ModelError> {
-        Pipeline::load(path, &self.device, self.config.model.confidence_threshold)
+        let t = std::time::Instant::now();
+        let p = Pipeline::load(path, &self.device, self.config.model.confidence_threshold);
+        self.metrics.model_load(p.is_ok(), t.elapsed());
+        p
     }
 }
 

@@ -56,6 +56,7 @@ fn handle(files: Vec<String>, conn: &Conn) -> Reply {
     let timeout = Duration::from_secs(shared.config.inference.request_timeout_secs);
     let batch = Batch::submit(files, paths, model.pipeline.clone(), &shared.pool, conn.cancel, timeout);
     log::debug!("{}: 0x01 queued {} of {} image(s)", conn.peer, batch.queued(), batch.files.len());
+    shared.metrics.images_in_flight.inc_by(batch.queued() as i64);
     Reply::Batch { batch, extended: shared.config.protocol.extended_results }
 }
 

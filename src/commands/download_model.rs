@@ -218,6 +218,7 @@ fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
             std::fs::rename(&tmp_path, &final_path).map_err(|e| format!("cannot move model into place: {e}"))?;
             Ok(bytes)
         });
+    shared.metrics.download(result.is_ok());
     match result {
         Ok(bytes) => {
             tmp.keep();

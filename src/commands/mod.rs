@@ -66,6 +66,14 @@ impl Reply {
         Reply::Ready(Response::new(code + 1, entries))
     }
 
+    /// Images this reply put into the queue (they are in flight until it is written).
+    pub fn accepted_images(&self) -> usize {
+        match self {
+            Reply::Ready(_) => 0,
+            Reply::Batch { batch, .. } => batch.queued(),
+        }
+    }
+
     /// The response to write, waiting for a batch's images if needed, and a
     /// detail for the log line.
     pub fn finish(self) -> (Response, String) {

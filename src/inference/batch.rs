@@ -74,7 +74,15 @@ impl Batch {
                 }
                 Ok(path) => {
                     let state = Arc::new(JobState::new());
-                    let job = Job { inspector: inspector.clone(), path, index, conn: registry.conn, state: state.clone(), reply: tx.clone() };
+                    let job = Job {
+                        inspector: inspector.clone(),
+                        path,
+                        index,
+                        conn: registry.conn,
+                        queued_at: Instant::now(),
+                        state: state.clone(),
+                        reply: tx.clone(),
+                    };
                     match pool.submit(job) {
                         Ok(()) => {
                             registry.add(state.clone(), index, tx.clone());

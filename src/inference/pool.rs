@@ -4,6 +4,7 @@ use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
 use crate::decode::{decode_image, Limits};
 use crate::model::pipeline::{Inspection, Pipeline};
+use crate::metrics::Metrics;
 use crate::server::shutdown::Shutdown;
 use crossbeam_channel::Sender;
 use image::RgbImage;
@@ -77,6 +78,7 @@ pub struct Job {
     pub index: usize,
     /// The connection that asked: its queue lane, and what a reset purges.
     pub conn: u64,
+    pub queued_at: Instant,
     pub state: Arc<JobState>,
     pub reply: Sender<(usize, Outcome)>,
 }
@@ -91,10 +93,15 @@ impl Job {
             return;
         }
         let started = Instant::now();
+        let m = &opts.metrics;
+        m.queue_wait_seconds.observe(started.duration_since(self.queued_at).as_secs_f64());
+        m.busy_workers.inc();
         // Reading and decoding are under the guard too: a panic anywhere in
         // the job answers this image and leaves the worker alive.
         let outcome =
             catch_unwind(AssertUnwindSafe(|| self.inspect_file(&opts.limits))).unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
+        m.inference_seconds.observe(started.elapsed().as_secs_f64());
+        m.busy_workers.dec();
         if let Some(rest) = opts.min_job.checked_sub(started.elapsed()) {
             std::thread::sleep(rest);
         }
@@ -122,7 +129,7 @@ impl Job {
 }
 
 /// How the pool is built; `Default` is one worker on one thread (unit tests).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolOptions {
     pub workers: usize,
     pub threads: usize,
@@ -136,6 +143,7 @@ pub struct PoolOptions {
     pub min_job: Duration,
     /// The server's shutdown signal: once it says stop, queued jobs are answered unrun.
     pub shutdown: Arc<Shutdown>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for PoolOptions {
@@ -148,6 +156,7 @@ impl Default for PoolOptions {
             limits: Limits::default(),
             min_job: Duration::ZERO,
             shutdown: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 }

@@ -62,6 +62,8 @@ pub fn start(config: Config, device: Device) -> Result<Server, StartError> {
     let (workers, threads) = config.inference.thread_budget(cores);
     log::info!("{workers} inference worker(s) x {threads} thread(s) on {cores} core(s)");
     let shutdown = Arc::new(super::shutdown::Shutdown::default());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    metrics.model_load(true, t.elapsed());
     let pool = Pool::new(PoolOptions {
         workers,
         threads,
@@ -70,10 +72,11 @@ pub fn start(config: Config, device: Device) -> Result<Server, StartError> {
         limits: config.images.limits(),
         min_job: Duration::from_millis(config.debug.min_inference_ms),
         shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
     })?;
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
-    let shared = Arc::new(Shared::new(config, device, model, pool, shutdown)?);
+    let shared = Arc::new(Shared::new(config, device, model, pool, shutdown, metrics)?);
     Ok(Server { listener, shared })
 }
 

@@ -71,7 +71,7 @@ impl Peer {
                     log::info!("{peer}: cancelled {n} queued image(s): answers cannot be written");
                 }
             };
-            write_loop(writer, rx, &peer, &outstanding, on_broken)
+            write_loop(writer, rx, &peer, &shared, &outstanding, on_broken)
         });
         let writer = match writer {
             Ok(h) => h,
@@ -224,9 +224,10 @@ impl Peer {
     }
 }
 
-fn write_loop(mut stream: TcpStream, rx: Receiver<Pending>, peer: &str, outstanding: &AtomicUsize, on_broken: impl Fn()) {
+fn write_loop(mut stream: TcpStream, rx: Receiver<Pending>, peer: &str, shared: &Shared, outstanding: &AtomicUsize, on_broken: impl Fn()) {
     let mut broken = false;
     for p in rx {
+        let accepted = p.reply.accepted_images();
         let (response, detail) = p.reply.finish();
         if !broken {
             if let Err(e) = stream.write_all(&response.to_bytes()) {
@@ -239,6 +240,15 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Pending>, peer: &str, outstand
         }
         outstanding.fetch_sub(1, Ordering::AcqRel);
         let cmd = p.cmd.map(|c| format!("0x{c:02x}")).unwrap_or_else(|| "invalid".into());
+        let m = &shared.metrics;
+        m.images_in_flight.dec_by(accepted as i64);
+        if response.cmd == Some(0x02) {
+            for e in &response.response_data {
+                m.image(e.error_code as u8, e.result);
+            }
+        }
+        let ok = response.cmd.is_some() && response.response_data.iter().all(|e| e.error_code as u8 == 0);
+        m.request(&cmd, ok, p.started.elapsed());
         log::info!("{peer}: {cmd}{detail} answered in {:.1} ms", p.started.elapsed().as_secs_f64() * 1e3);
     }
 }

@@ -31,6 +31,10 @@ pub struct Options {
     pub download_allowed_hosts: Vec<String>,
     /// Leave a `.download-*.part` in the model folder before the server starts.
     pub stale_part_file: bool,
+    /// Serve /metrics, /healthz, /readyz on a free port (`TestServer::metrics`).
+    pub metrics: bool,
+    /// Extra environment for the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -51,6 +55,8 @@ impl Default for Options {
             drain_timeout_secs: 30,
             download_allowed_hosts: vec!["127.0.0.1".into()],
             stale_part_file: false,
+            metrics: false,
+            env: vec![],
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct TestServer {
     child: Child,
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The metrics listener, when `Options::metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -105,7 +113,7 @@ drain_timeout_secs = {drain}
 workers = {workers}
 queue_capacity = {queue}
 request_timeout_secs = {timeout}
-{per_conn}[debug]
+{per_conn}{metrics}[debug]
 min_inference_ms = {min_ms}
 [model]
 dir = "models"
@@ -135,25 +143,49 @@ extended_results = {ext}
             per_address = opt("max_connections_per_address", o.max_connections_per_address),
             per_conn = opt("max_queued_per_connection", o.max_queued_per_connection),
             min_ms = o.min_inference_ms,
-            hosts = hosts.join(", ")
+            hosts = hosts.join(", "),
+            metrics = if o.metrics { "[metrics]\nlisten = \"127.0.0.1:0\"\n" } else { "" }
         );
         std::fs::write(dir.join("server.toml"), cfg).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pear-server"))
             .arg("--config")
             .arg(dir.join("server.toml"))
             .env("RUST_LOG", "info,pear_server::commands=debug")
+            .envs(o.env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(dir.join("server.log")).unwrap()))
             .spawn()
             .expect("start pear-server");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        out.read_line(&mut line).unwrap();
         let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("no address in {line:?}"));
-        TestServer { child, addr, dir }
+        let metrics = if o.metrics {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            let a = line.trim().rsplit("http://").next().unwrap();
+            Some(a.parse().unwrap_or_else(|_| panic!("no metrics address in {line:?}")))
+        } else {
+            None
+        };
+        TestServer { child, addr, dir, metrics }
     }
 
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// GET `path` on the metrics listener: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let addr = self.metrics.expect("started with Options::metrics");
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad HTTP answer {text:?}"));
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
     }
 
     /// The server's log so far (RUST_LOG=info).
