@@ -9,6 +9,8 @@
 //! `fuzzing` holds the fuzz targets' bodies, `metrics` what `/metrics` shows.
 
 pub mod commands;
+pub mod annotate;
+pub mod client;
 pub mod config;
 pub mod decode;
 pub mod fuzzing;

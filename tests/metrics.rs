@@ -7,38 +7,11 @@ use common::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// (metric name, labels "k=v,k=v" sorted) -> value, from one scrape. Every
-/// line that is not a comment must parse as a sample.
-fn scrape(s: &TestServer) -> BTreeMap<(String, String), f64> {
-    let (status, body) = s.http_get("/metrics");
-    assert_eq!(status, 200);
-    for line in body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        assert!(matches!(prometheus_parse::LineInfo::parse(line), prometheus_parse::LineInfo::Sample { .. }), "not a sample: {line:?}");
-    }
-    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
-    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
-    let mut out = BTreeMap::new();
-    for sample in parsed.samples {
-        let mut labels: Vec<String> = sample.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        labels.sort();
-        let v = match sample.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => continue,
-        };
-        out.insert((sample.metric, labels.join(",")), v);
-    }
-    out
-}
-
-fn get(m: &BTreeMap<(String, String), f64>, name: &str, labels: &str) -> f64 {
-    m.get(&(name.to_string(), labels.to_string())).copied().unwrap_or(0.0)
-}
-
 #[test]
 fn metrics_count_exactly_the_traffic() {
     let s = TestServer::start(Options { metrics: true, ..Options::default() });
     let before = scrape(&s);
-    assert_eq!(get(&before, "pear_active_model_info", "model=pear-default.safetensors"), 1.0);
+    assert_eq!(metric(&before, "pear_active_model_info", "model=pear-default.safetensors"), 1.0);
 
     let mut c = s.client();
     let r = c.request(&classify(&["normal_1.jpg", "rot_1.jpg", "missing.jpg"]));
@@ -50,7 +23,7 @@ fn metrics_count_exactly_the_traffic() {
     c.request(r#"{"cmd": 0x26, "request_data": ["second.safetensors"]}"#);
     let after = scrape(&s);
 
-    let d = |name: &str, labels: &str| get(&after, name, labels) - get(&before, name, labels);
+    let d = |name: &str, labels: &str| metric(&after, name, labels) - metric(&before, name, labels);
     assert_eq!(d("pear_requests_total", "command=0x01,outcome=error"), 1.0, "missing.jpg makes the 0x01 an error");
     assert_eq!(d("pear_requests_total", "command=0x22,outcome=ok"), 2.0);
     assert_eq!(d("pear_requests_total", "command=invalid,outcome=error"), 1.0);
@@ -71,12 +44,12 @@ fn metrics_count_exactly_the_traffic() {
     assert_eq!(d("pear_model_loads_total", "outcome=error"), 1.0);
     assert_eq!(d("pear_model_loads_total", "outcome=ok"), 1.0);
     assert_eq!(d("pear_connections_accepted_total", ""), 1.0);
-    assert_eq!(get(&after, "pear_connections_open", ""), 1.0);
-    assert_eq!(get(&after, "pear_queue_depth", ""), 0.0);
-    assert_eq!(get(&after, "pear_images_in_flight", ""), 0.0);
-    assert_eq!(get(&after, "pear_busy_workers", ""), 0.0);
-    assert_eq!(get(&after, "pear_active_model_info", "model=second.safetensors"), 1.0);
-    assert_eq!(get(&after, "pear_active_model_info", "model=pear-default.safetensors"), 0.0, "only the active model is listed");
+    assert_eq!(metric(&after, "pear_connections_open", ""), 1.0);
+    assert_eq!(metric(&after, "pear_queue_depth", ""), 0.0);
+    assert_eq!(metric(&after, "pear_images_in_flight", ""), 0.0);
+    assert_eq!(metric(&after, "pear_busy_workers", ""), 0.0);
+    assert_eq!(metric(&after, "pear_active_model_info", "model=second.safetensors"), 1.0);
+    assert_eq!(metric(&after, "pear_active_model_info", "model=pear-default.safetensors"), 0.0, "only the active model is listed");
 }
 
 #[test]

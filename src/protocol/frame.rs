@@ -29,11 +29,19 @@ pub struct Framer {
     scanned: usize,
     depth: usize,
     strings: StringScanner,
+    /// Answers hold objects (entries); requests never do, so for requests a
+    /// `{` inside an unfinished object starts the next one.
+    nested: bool,
 }
 
 impl Framer {
     pub fn new(max_request_bytes: usize) -> Self {
-        Framer { buf: Vec::new(), max: max_request_bytes.max(2), scanned: 0, depth: 0, strings: StringScanner::default() }
+        Framer { buf: Vec::new(), max: max_request_bytes.max(2), scanned: 0, depth: 0, strings: StringScanner::default(), nested: false }
+    }
+
+    /// The client side: cuts answers, whose objects nest.
+    pub fn for_answers(max_bytes: usize) -> Self {
+        Framer { nested: true, ..Self::new(max_bytes) }
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -121,7 +129,7 @@ impl Framer {
                     self.reset_scan();
                     return Some(Frame::Garbage { len: i + 1, reason: "unterminated string in request" });
                 }
-            } else if b == b'{' && open == b'{' && i > 0 {
+            } else if b == b'{' && open == b'{' && i > 0 && !self.nested {
                 self.buf.drain(..i);
                 self.reset_scan();
                 return Some(Frame::Garbage { len: i, reason: "unfinished request (a new one began before it ended)" });
@@ -227,5 +235,15 @@ mod tests {
         let frames = all(&mut f);
         assert!(matches!(frames[0], Frame::Garbage { reason, .. } if reason.contains("array")));
         assert_eq!(frames[1], Frame::Object(b"{\"x\":1}".to_vec()));
+    }
+
+    #[test]
+    fn answers_nest_and_split_anywhere() {
+        let answer = br#"{"cmd": 2, "response_data": [{"file_name": "a{.jpg", "result": 0, "error_code": 0}], "request_data": null}"#;
+        let mut f = Framer::for_answers(1 << 20);
+        for b in answer.iter().chain(b"\n").chain(answer.iter()) {
+            f.push(&[*b]);
+        }
+        assert_eq!(all(&mut f), vec![Frame::Object(answer.to_vec()), Frame::Object(answer.to_vec())]);
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -307,4 +308,31 @@ pub fn assert_entry_keys(v: &Value) {
             assert!(e.get(k).is_some(), "entry lacks {k}: {v}");
         }
     }
+}
+
+/// (metric name, labels "k=v,k=v" sorted) -> value, from one scrape. Every
+/// line that is not a comment must parse as a sample.
+pub fn scrape(s: &TestServer) -> BTreeMap<(String, String), f64> {
+    let (status, body) = s.http_get("/metrics");
+    assert_eq!(status, 200);
+    for line in body.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        assert!(matches!(prometheus_parse::LineInfo::parse(line), prometheus_parse::LineInfo::Sample { .. }), "not a sample: {line:?}");
+    }
+    assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let mut out = BTreeMap::new();
+    for sample in parsed.samples {
+        let mut labels: Vec<String> = sample.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        let v = match sample.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        out.insert((sample.metric, labels.join(",")), v);
+    }
+    out
+}
+
+pub fn metric(m: &BTreeMap<(String, String), f64>, name: &str, labels: &str) -> f64 {
+    m.get(&(name.to_string(), labels.to_string())).copied().unwrap_or(0.0)
 }

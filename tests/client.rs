@@ -1,0 +1,102 @@
+//! `pear-client` against real servers: the folder report and pictures, exit
+//! codes, `--servers`, and `bench` figures that match the server's /metrics.
+
+mod common;
+use common::*;
+use std::process::{Command, Output};
+
+fn client(s: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pear-client")).arg("--server").arg(s.addr.to_string()).args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The true class of a sample, from its name: "rot_1.jpg" -> "rot"; "no_pear_1.jpg" -> None.
+fn truth(name: &str) -> Option<String> {
+    let stem = name.rsplit_once('_').map(|(s, _)| s).unwrap_or(name);
+    (stem != "no_pear").then(|| stem.to_string())
+}
+
+#[test]
+fn classify_a_folder_with_report_and_pictures() {
+    let s = TestServer::start(Options { extended: true, ..Options::default() });
+    let samples = std::path::Path::new(ROOT).join("samples");
+    let out = s.dir.join("annotated");
+    let csv = s.dir.join("report.csv");
+    let o = client(&s, &["classify", "--dir", samples.to_str().unwrap(), "--batch", "4", "--csv", csv.to_str().unwrap(), "--annotate", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stderr.is_empty(), "no progress bar when stderr is not a terminal: {:?}", String::from_utf8_lossy(&o.stderr));
+    let report = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = report.lines();
+    assert_eq!(lines.next(), Some("file,class,label,confidence,box,error"));
+    let mut n = 0;
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 6, "{line}");
+        let (file, class, label, bx, error) = (f[0], f[1], f[2], f[4], f[5]);
+        assert_eq!(error, "", "{line}");
+        match truth(file) {
+            Some(t) => {
+                assert_eq!(label, t, "{line}");
+                assert_eq!(bx.split(' ').count(), 4, "{line}");
+            }
+            None => assert_eq!((class, label, bx), ("0", "", ""), "{line}"),
+        }
+        // The picture: same size as the sample, with the box colour on it.
+        let pic = image::open(out.join(file).with_extension("jpg")).unwrap().to_rgb8();
+        let orig = image::open(samples.join(file)).unwrap();
+        assert_eq!((pic.width(), pic.height()), (orig.width(), orig.height()));
+        let boxy = pic.pixels().filter(|p| p[0] > 200 && p[1] > 150 && p[1] < 240 && p[2] < 80).count();
+        assert!(boxy > 100, "{file}: no box or label drawn ({boxy} pixels)");
+        n += 1;
+    }
+    assert_eq!(n, std::fs::read_dir(&samples).unwrap().count());
+}
+
+#[test]
+fn exit_codes_and_messages() {
+    let s = TestServer::start(Options::default());
+    let o = client(&s, &["current"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o).trim(), "pear-default.safetensors");
+    let o = client(&s, &["use", "missing.safetensors"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("not found"), "{}", stdout(&o));
+    let o = client(&s, &["classify", "normal_1.jpg", "missing.jpg"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("missing.jpg: error 2"), "{}", stdout(&o));
+    let o = client(&s, &["--json", "models"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["cmd"], 0x25);
+    let o = Command::new(env!("CARGO_BIN_EXE_pear-client")).args(["--server", "127.0.0.1:9", "current"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "unreachable server");
+}
+
+#[test]
+fn servers_option_applies_a_change_to_every_server() {
+    let (a, b) = (TestServer::start(Options::default()), TestServer::start(Options::default()));
+    let list = format!("{},{}", a.addr, b.addr);
+    let o = Command::new(env!("CARGO_BIN_EXE_pear-client")).args(["--servers", &list, "use", "second.safetensors"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    for s in [&a, &b] {
+        assert!(stdout(&o).contains(&format!("{}: second.safetensors", s.addr)), "{}", stdout(&o));
+        assert_eq!(entries(&s.client().request(r#"{"cmd": 0x22, "request_data": null}"#))[0]["file_name"], "second.safetensors");
+    }
+}
+
+#[test]
+fn bench_figures_match_the_servers_metrics() {
+    let s = TestServer::start(Options { metrics: true, ..Options::default() });
+    let before = scrape(&s);
+    let o = client(&s, &["--json", "bench", "--connections", "2", "--images", "3", "--duration", "2", "--probe-ms", "50"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let b: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let after = scrape(&s);
+    let d = |name: &str, labels: &str| metric(&after, name, labels) - metric(&before, name, labels);
+    assert!(b["images"].as_f64().unwrap() > 0.0);
+    assert_eq!(b["images"].as_f64().unwrap(), d("pear_images_by_error_code_total", "error_code=0"));
+    assert_eq!(b["requests"].as_f64().unwrap(), d("pear_requests_total", "command=0x01,outcome=ok"));
+    assert_eq!(b["probe_ms"]["count"].as_f64().unwrap(), d("pear_requests_total", "command=0x22,outcome=ok"));
+}
