@@ -563,7 +563,9 @@ fn hostile_suite() {
     let _sock = std::os::unix::net::UnixListener::bind(images.join("sock.jpg")).unwrap();
     std::fs::write(images.join("empty.png"), b"").unwrap();
     std::fs::write(images.join("random.png"), (0..5000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<u8>>()).unwrap();
-    for f in ["zero.jpg", "dir.jpg", "sock.jpg", "empty.png", "random.png"] {
+    // A palette PNG whose PLTE is not whole RGB entries (a decoder panic the fuzzer found).
+    std::fs::copy(Path::new(ROOT).join("fuzz/corpus/decode/regression-png-short-palette.png"), images.join("short_palette.png")).unwrap();
+    for f in ["zero.jpg", "dir.jpg", "sock.jpg", "empty.png", "random.png", "short_palette.png"] {
         let (code, msg) = code(&mut c, f);
         assert!(code == 1 || code == 2, "{f}: {code} {msg}");
         assert!(!msg.is_empty(), "{f}");

@@ -71,6 +71,7 @@ fn decode_png(bytes: &[u8], limits: &Limits) -> Result<RgbImage, DecodeError> {
     if !bytes.windows(IEND.len()).rev().any(|w| w == IEND) {
         return Err(DecodeError::Incomplete("PNG ends before its IEND chunk".into()));
     }
+    check_palette(bytes)?;
     use image::{ImageDecoder, ImageFormat, ImageReader};
     use std::io::Cursor;
     let corrupt = |e: image::ImageError| DecodeError::Corrupt(e.to_string());
@@ -79,4 +80,22 @@ fn decode_png(bytes: &[u8], limits: &Limits) -> Result<RgbImage, DecodeError> {
     limits.check(w, h)?;
     let img = ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png).decode().map_err(corrupt)?;
     Ok(img.into_rgb8())
+}
+
+/// A PLTE chunk must hold 1 to 256 whole RGB entries (PNG spec 11.2.3). The
+/// png crate indexes past the end of a palette that does not (found by the
+/// `decode` fuzz target), so such a file is refused here first.
+fn check_palette(bytes: &[u8]) -> Result<(), DecodeError> {
+    let mut at = 8;
+    while let (Some(len), Some(kind)) = (bytes.get(at..at + 4), bytes.get(at + 4..at + 8)) {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if kind == b"PLTE" && (len == 0 || len % 3 != 0 || len > 768) {
+            return Err(DecodeError::Corrupt(format!("PNG palette of {len} bytes is not 1 to 256 RGB entries")));
+        }
+        if kind == b"IEND" {
+            break;
+        }
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
 }
