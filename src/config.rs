@@ -181,12 +181,22 @@ pub struct MetricsSection {
 }
 
 /// Knobs for tests and troubleshooting; off by default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DebugSection {
     /// Every image takes at least this long: a slow worker made by
     /// configuration, so tests of queueing do not depend on machine speed.
     pub min_inference_ms: u64,
+    /// Save every inspected image here with its box and label drawn; unset = off.
+    pub annotated_dir: Option<PathBuf>,
+    /// Newest annotated images kept; older ones are deleted.
+    pub annotated_keep: usize,
+}
+
+impl Default for DebugSection {
+    fn default() -> Self {
+        DebugSection { min_inference_ms: 0, annotated_dir: None, annotated_keep: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -219,6 +229,7 @@ impl Config {
         c.images.dir = abs(&c.images.dir);
         c.model.allowed_roots = c.model.allowed_roots.iter().map(|p| abs(p)).collect();
         c.images.allowed_roots = c.images.allowed_roots.iter().map(|p| abs(p)).collect();
+        c.debug.annotated_dir = c.debug.annotated_dir.as_deref().map(abs);
         c.validate()?;
         Ok(c)
     }
@@ -245,6 +256,9 @@ impl Config {
         }
         if self.inference.max_queued_per_connection.is_some_and(|n| n == 0 || n > self.inference.queue_capacity) {
             return invalid("inference.max_queued_per_connection", "must be between 1 and inference.queue_capacity");
+        }
+        if self.debug.annotated_keep == 0 {
+            return invalid("debug.annotated_keep", "must be at least 1");
         }
         if self.server.request_read_timeout_secs == 0 {
             return invalid("server.request_read_timeout_secs", "must be at least 1");

@@ -135,3 +135,23 @@ fn png_without_its_end_is_incomplete() {
     assert_eq!(e[2]["error_code"], 0, "{r}");
     assert_eq!(e[2]["result"], 4, "the whole PNG is the rot sample: {r}");
 }
+
+/// `[debug] annotated_dir`: each inspected image is saved with its answer
+/// drawn, and only the newest `annotated_keep` are kept.
+#[test]
+fn annotated_images_are_saved_and_pruned() {
+    let s = TestServer::start(Options { workers: 1, annotated_keep: Some(3), ..Options::default() });
+    let mut c = s.client();
+    for f in ["normal_1.jpg", "rot_1.jpg", "scab_1.jpg", "bruise_1.jpg", "crack_1.jpg"] {
+        assert_eq!(entries(&c.request(&classify(&[f])))[0]["error_code"], 0);
+    }
+    let mut saved: Vec<String> = std::fs::read_dir(s.dir.join("annotated")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    saved.sort();
+    assert_eq!(saved.len(), 3, "{saved:?}");
+    for (name, stem) in saved.iter().zip(["scab_1", "bruise_1", "crack_1"]) {
+        assert!(name.ends_with(&format!("-{stem}.jpg")), "{saved:?}");
+    }
+    let pic = image::open(s.dir.join("annotated").join(&saved[2])).unwrap();
+    let orig = image::open(s.dir.join("images/crack_1.jpg")).unwrap();
+    assert_eq!((pic.width(), pic.height()), (orig.width(), orig.height()));
+}

@@ -5,6 +5,7 @@
 //! and no client can take the whole queue. A full queue is answered at once,
 //! never waited on.
 
+pub mod annotated;
 pub mod batch;
 pub mod pool;
 pub mod queue;

@@ -1,5 +1,6 @@
 //! The worker pool: N threads serving the fair queue, jobs that can be cancelled.
 
+use super::annotated::AnnotatedDir;
 use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
 use crate::decode::{decode_image, Limits};
@@ -98,8 +99,8 @@ impl Job {
         m.busy_workers.inc();
         // Reading and decoding are under the guard too: a panic anywhere in
         // the job answers this image and leaves the worker alive.
-        let outcome =
-            catch_unwind(AssertUnwindSafe(|| self.inspect_file(&opts.limits))).unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.inspect_file(&opts.limits, opts.annotated.as_deref())))
+            .unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
         m.inference_seconds.observe(started.elapsed().as_secs_f64());
         m.busy_workers.dec();
         if let Some(rest) = opts.min_job.checked_sub(started.elapsed()) {
@@ -109,7 +110,7 @@ impl Job {
         let _ = self.reply.send((self.index, outcome));
     }
 
-    fn inspect_file(&self, limits: &Limits) -> Outcome {
+    fn inspect_file(&self, limits: &Limits, annotated: Option<&AnnotatedDir>) -> Outcome {
         let bytes = match read_image_file(&self.path, limits.max_file_bytes) {
             Ok(b) => b,
             Err(m) => return Outcome::Unreadable(m),
@@ -122,7 +123,12 @@ impl Job {
         let result = self.inspector.inspect(&img);
         log::debug!("{}: inspected in {:.1} ms", self.path.display(), t.elapsed().as_secs_f64() * 1e3);
         match result {
-            Ok(ins) => Outcome::Done(ins),
+            Ok(ins) => {
+                if let Some(a) = annotated {
+                    a.save(&img, &ins, &self.path);
+                }
+                Outcome::Done(ins)
+            }
             Err(e) => Outcome::Failed(e),
         }
     }
@@ -144,6 +150,8 @@ pub struct PoolOptions {
     /// The server's shutdown signal: once it says stop, queued jobs are answered unrun.
     pub shutdown: Arc<Shutdown>,
     pub metrics: Arc<Metrics>,
+    /// `[debug] annotated_dir`: where inspected images are saved with their answer drawn.
+    pub annotated: Option<Arc<AnnotatedDir>>,
 }
 
 impl Default for PoolOptions {
@@ -157,6 +165,7 @@ impl Default for PoolOptions {
             min_job: Duration::ZERO,
             shutdown: Arc::default(),
             metrics: Arc::default(),
+            annotated: None,
         }
     }
 }

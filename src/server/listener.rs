@@ -73,6 +73,13 @@ pub fn start(config: Config, device: Device) -> Result<Server, StartError> {
         min_job: Duration::from_millis(config.debug.min_inference_ms),
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
+        annotated: match &config.debug.annotated_dir {
+            Some(dir) => {
+                log::info!("saving annotated images to {} (newest {} kept)", dir.display(), config.debug.annotated_keep);
+                Some(Arc::new(crate::inference::annotated::AnnotatedDir::open(dir, config.debug.annotated_keep)?))
+            }
+            None => None,
+        },
     })?;
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr: addr.clone(), source })?;

@@ -36,6 +36,8 @@ pub struct Options {
     pub metrics: bool,
     /// Extra environment for the server process.
     pub env: Vec<(String, String)>,
+    /// `[debug] annotated_dir = "annotated"` with this `annotated_keep`.
+    pub annotated_keep: Option<usize>,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             stale_part_file: false,
             metrics: false,
             env: vec![],
+            annotated_keep: None,
         }
     }
 }
@@ -116,6 +119,7 @@ queue_capacity = {queue}
 request_timeout_secs = {timeout}
 {per_conn}{metrics}[debug]
 min_inference_ms = {min_ms}
+{annotated}
 [model]
 dir = "models"
 default = "pear-default.safetensors"
@@ -145,6 +149,7 @@ extended_results = {ext}
             per_conn = opt("max_queued_per_connection", o.max_queued_per_connection),
             min_ms = o.min_inference_ms,
             hosts = hosts.join(", "),
+            annotated = o.annotated_keep.map(|k| format!("annotated_dir = \"annotated\"\nannotated_keep = {k}\n")).unwrap_or_default(),
             metrics = if o.metrics { "[metrics]\nlisten = \"127.0.0.1:0\"\n" } else { "" }
         );
         std::fs::write(dir.join("server.toml"), cfg).unwrap();
