@@ -321,7 +321,26 @@ struct Tally {
     requests: u64,
     images: u64,
     image_errors: u64,
+    /// Connections closed by a server before the request was answered (a
+    /// server draining closes after its last answer): resent on a new connection.
+    reconnects: u64,
     latencies: Vec<Duration>,
+}
+
+/// Sends `req` and waits for its answer; when the connection was closed
+/// under it, reconnects (up to 3 times) and sends it again.
+fn request_resending(conn: &mut Connection, server: &str, req: &Value, timeout: Duration, reconnects: &mut u64) -> Result<Value, ClientError> {
+    let mut tries = 0;
+    loop {
+        match conn.request(req) {
+            Err(ClientError::Closed { .. } | ClientError::Io { .. }) if tries < 3 => {
+                tries += 1;
+                *reconnects += 1;
+                *conn = Connection::connect(server, timeout)?;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -341,11 +360,15 @@ fn bench(server: &str, b: &BenchArgs, timeout: Duration, as_json: bool) -> Resul
         let mut conn = Connection::connect(server, timeout)?;
         let (stop, tally, failure) = (stop.clone(), tally.clone(), failure.clone());
         let files: Vec<String> = (0..b.images.max(1)).map(|k| b.files[(i + k) % b.files.len().max(1)].clone()).collect();
+        let server = server.to_string();
         threads.push(std::thread::spawn(move || {
             let req = request(0x01, json!(files));
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                match conn.request(&req) {
+                let mut reconnects = 0;
+                let result = request_resending(&mut conn, &server, &req, timeout, &mut reconnects);
+                tally.lock().unwrap_or_else(|p| p.into_inner()).reconnects += reconnects;
+                match result {
                     Ok(answer) => {
                         let e = entries(&answer);
                         let errors = e.iter().filter(|x| x["error_code"] != 0).count() as u64;
@@ -406,7 +429,7 @@ fn bench(server: &str, b: &BenchArgs, timeout: Duration, as_json: bool) -> Resul
             "{}",
             json!({
                 "connections": b.connections, "images_per_request": b.images, "seconds": wall,
-                "requests": t.requests, "images": t.images, "image_errors": t.image_errors,
+                "requests": t.requests, "images": t.images, "image_errors": t.image_errors, "reconnects": t.reconnects,
                 "images_per_second": t.images as f64 / wall,
                 "request_ms": { "p50": ms(p50), "p99": ms(p99), "max": ms(max) },
                 "probe_ms": { "count": probe_lat.len(), "p50": ms(percentile(&probe_lat, 0.5)), "p99": ms(probe_p99) },
@@ -415,6 +438,9 @@ fn bench(server: &str, b: &BenchArgs, timeout: Duration, as_json: bool) -> Resul
     } else {
         println!("{} connection(s) x {} image(s) per request for {wall:.1} s against {server}", b.connections, b.images);
         println!("  {:.1} images/s ({} images in {} requests, {} with an error)", t.images as f64 / wall, t.images, t.requests, t.image_errors);
+        if t.reconnects > 0 {
+            println!("  {} request(s) resent on a new connection after a server closed one", t.reconnects);
+        }
         println!("  request p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", ms(p50), ms(p99), ms(max));
         println!("  0x22 probe: {} sent, p50 {:.1} ms, p99 {:.1} ms", probe_lat.len(), ms(percentile(&probe_lat, 0.5)), ms(probe_p99));
     }
