@@ -162,7 +162,8 @@ fn a_connection_gets_its_share_only() {
 // ---- 3. slowloris ----
 
 /// A request must be complete `request_read_timeout_secs` after its first
-/// byte; a byte every 200 ms never gets there within 1 s.
+/// byte; a byte every 150 ms (more often than the server's 200 ms read tick,
+/// so no read ever times out) never gets there within 1 s.
 #[test]
 fn slow_senders_cannot_hold_a_slot() {
     let s = TestServer::start(Options { request_read_timeout_secs: 1, ..Options::default() });
@@ -171,26 +172,27 @@ fn slow_senders_cannot_hold_a_slot() {
         if c.stream.write_all(&[*b]).is_err() {
             break; // closed by the server, as it should
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(150));
     }
     let msg = assert_error(&c.recv(), 1);
     assert!(msg.contains("request_read_timeout_secs"), "{msg}");
     assert!(c.closed());
 }
 
-/// Trickling whitespace (no request at all) does not reset the idle timer.
+/// Trickling whitespace (no request at all, a byte every 150 ms) does not
+/// reset the idle timer.
 #[test]
 fn idle_counts_from_the_last_complete_request() {
     let s = TestServer::start(Options { idle_timeout_secs: 1, ..Options::default() });
     let mut c = s.client();
     assert_eq!(c.request(CURRENT_MODEL)["cmd"], 0x23);
     let mut closed = false;
-    for _ in 0..40 {
+    for _ in 0..54 {
         if c.stream.write_all(b" ").is_err() {
             closed = true;
             break;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(150));
     }
     assert!(closed || c.closed(), "a connection sending only spaces for 8 s outlived a 1 s idle timeout");
 }

@@ -124,19 +124,11 @@ impl Peer {
                 }
                 Ok(n) => n,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    if let Some(t) = request_started {
-                        if t.elapsed() >= request_limit {
-                            self.error(
-                                tx,
-                                format!(
-                                    "request not complete {} s after its first byte (server.request_read_timeout_secs)",
-                                    request_limit.as_secs()
-                                ),
-                            );
-                            return "request too slow".into();
-                        }
-                    } else if self.outstanding.load(Ordering::Acquire) == 0 && last_request.elapsed() >= idle {
-                        return format!("idle for {} s", idle.as_secs());
+                    if let Some(reason) = self.idle(request_started, last_request, idle) {
+                        return reason;
+                    }
+                    if let Some(reason) = self.too_slow(request_started, request_limit, tx) {
+                        return reason;
                     }
                     continue;
                 }
@@ -167,7 +159,30 @@ impl Peer {
                 (true, true) => Some(Instant::now()),
                 (true, false) => request_started,
             };
+            // Checked after every read too: a byte every tick must not dodge them.
+            if let Some(reason) = self.idle(request_started, last_request, idle) {
+                return reason;
+            }
+            if let Some(reason) = self.too_slow(request_started, request_limit, tx) {
+                return reason;
+            }
         }
+    }
+
+    /// Nothing pending, no request begun, and no complete request for `idle`.
+    fn idle(&self, request_started: Option<Instant>, last_request: Instant, idle: Duration) -> Option<String> {
+        let quiet = request_started.is_none() && self.outstanding.load(Ordering::Acquire) == 0;
+        (quiet && last_request.elapsed() >= idle).then(|| format!("idle for {} s", idle.as_secs()))
+    }
+
+    /// A request still unfinished `limit` after its first byte: refused, and
+    /// the connection ends (why is returned).
+    fn too_slow(&self, started: Option<Instant>, limit: Duration, tx: &Sender<Pending>) -> Option<String> {
+        if started?.elapsed() < limit {
+            return None;
+        }
+        self.error(tx, format!("request not complete {} s after its first byte (server.request_read_timeout_secs)", limit.as_secs()));
+        Some("request too slow".into())
     }
 
     /// Handles every complete frame; Ok(true) if there was at least one,
