@@ -2,9 +2,8 @@
 //! the switch; images already queued finish on the model they were queued with;
 //! on any failure the previous model stays active.
 
-use super::{model_file, Conn, Command, Reply};
-use crate::protocol::{one_string, InvalidRequest, Request};
-use crate::protocol::{Entry, ErrorCode};
+use super::{management, model_file, Command, Conn};
+use crate::protocol::{one_string, Entry, ErrorCode, InvalidRequest, Request};
 use crate::state::ActiveModel;
 use std::sync::Arc;
 
@@ -32,16 +31,6 @@ fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
     }
 }
 
-struct ChangeModel {
-    name: String,
-}
-
 pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
-    Ok(Box::new(ChangeModel { name: one_string(req, "a model file name")? }))
-}
-
-impl Command for ChangeModel {
-    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
-        Reply::answer(0x26, handle(&self.name, conn))
-    }
+    management(0x26, one_string(req, "a model file name")?, |name, conn| handle(name, conn))
 }

@@ -1,9 +1,8 @@
 //! 0x28: delete a model file; the active model cannot be deleted.
 
-use super::{model_file, Conn, Command, Reply};
-use crate::protocol::{one_string, InvalidRequest, Request};
+use super::{management, model_file, Command, Conn};
+use crate::protocol::{one_string, Entry, ErrorCode, InvalidRequest, Request};
 use crate::paths::PathError;
-use crate::protocol::{Entry, ErrorCode};
 
 fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
     let shared = conn.shared;
@@ -35,16 +34,6 @@ fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
     }
 }
 
-struct DeleteModel {
-    name: String,
-}
-
 pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
-    Ok(Box::new(DeleteModel { name: one_string(req, "a model file name")? }))
-}
-
-impl Command for DeleteModel {
-    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
-        Reply::answer(0x28, handle(&self.name, conn))
-    }
+    management(0x28, one_string(req, "a model file name")?, |name, conn| handle(name, conn))
 }

@@ -9,12 +9,11 @@
 //! included (each hop is checked before it is requested); credentials and
 //! query strings never reach the log; one download runs at a time.
 
-use super::{Command, Conn, Reply};
-use crate::protocol::{invalid, one_string, InvalidRequest, Request};
+use super::{management, Command, Conn};
+use crate::protocol::{invalid, one_string, Entry, ErrorCode, InvalidRequest, Request};
 use crate::config::ModelSection;
 use crate::paths::check_model_name;
 use crate::state::Shared;
-use crate::protocol::{Entry, ErrorCode};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,23 +228,13 @@ fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
     }
 }
 
-struct DownloadModel {
-    url: String,
-}
-
 pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
     let url = one_string(req, "a URL")?;
     let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err(invalid(format!("command 0x20 needs an http:// or https:// URL, got '{}'", redact(&url))));
     }
-    Ok(Box::new(DownloadModel { url }))
-}
-
-impl Command for DownloadModel {
-    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
-        Reply::answer(0x20, handle(&self.url, conn))
-    }
+    management(0x20, url, |url, conn| handle(url, conn))
 }
 
 #[cfg(test)]

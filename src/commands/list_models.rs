@@ -1,8 +1,7 @@
 //! 0x24: the files in the model folder (hidden and partial downloads excluded).
 
-use super::{Command, Conn, Reply};
-use crate::protocol::{no_data, InvalidRequest, Request};
-use crate::protocol::{Entry, ErrorCode};
+use super::{management, Command, Conn};
+use crate::protocol::{no_data, Entry, ErrorCode, InvalidRequest, Request};
 
 fn handle(conn: &Conn) -> Vec<Entry> {
     let dir = conn.shared.model_dir();
@@ -22,15 +21,7 @@ fn handle(conn: &Conn) -> Vec<Entry> {
     names.into_iter().map(|n| Entry::ok(Some(n))).collect()
 }
 
-struct ListModels;
-
 pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
     no_data(req)?;
-    Ok(Box::new(ListModels))
-}
-
-impl Command for ListModels {
-    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
-        Reply::answer(0x24, handle(conn))
-    }
+    management(0x24, (), |_, conn| handle(conn))
 }

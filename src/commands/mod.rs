@@ -31,6 +31,25 @@ pub trait Command: Send {
 
 type Parser = fn(&Request) -> Result<Box<dyn Command>, InvalidRequest>;
 
+/// A management command (all but 0x01): its parsed argument and the function
+/// that answers it with entries; the response code is the request's + 1.
+struct Management<A> {
+    code: u8,
+    arg: A,
+    run: fn(&A, &Conn) -> Vec<Entry>,
+}
+
+impl<A: Send> Command for Management<A> {
+    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
+        Reply::answer(self.code, (self.run)(&self.arg, conn))
+    }
+}
+
+/// What a management command's `parse` returns.
+fn management<A: Send + 'static>(code: u8, arg: A, run: fn(&A, &Conn) -> Vec<Entry>) -> Result<Box<dyn Command>, InvalidRequest> {
+    Ok(Box::new(Management { code, arg, run }))
+}
+
 /// Request code and the parser of its command file.
 const COMMANDS: &[(u8, Parser)] = &[
     (0x01, classify::parse),

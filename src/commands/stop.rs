@@ -1,9 +1,8 @@
 //! 0x03: stop classification. Cancels this connection's images that are still
 //! queued (they answer error_code 4 in their own 0x02, which is written first).
 
-use super::{Command, Conn, Reply};
-use crate::protocol::{no_data, InvalidRequest, Request};
-use crate::protocol::Entry;
+use super::{management, Command, Conn};
+use crate::protocol::{no_data, Entry, InvalidRequest, Request};
 
 fn handle(conn: &Conn) -> Vec<Entry> {
     let n = conn.cancel.cancel_all(&conn.shared.pool);
@@ -13,15 +12,7 @@ fn handle(conn: &Conn) -> Vec<Entry> {
     vec![Entry::ok(None)]
 }
 
-struct Stop;
-
 pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
     no_data(req)?;
-    Ok(Box::new(Stop))
-}
-
-impl Command for Stop {
-    fn apply(self: Box<Self>, conn: &Conn) -> Reply {
-        Reply::answer(0x03, handle(conn))
-    }
+    management(0x03, (), |_, conn| handle(conn))
 }
