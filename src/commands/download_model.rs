@@ -194,8 +194,13 @@ fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
         Ok(n) => n,
         Err(e) => return refuse(None, ErrorCode::InvalidMessage, e),
     };
-    let Ok(_one) = shared.download.try_lock() else {
-        return refuse(Some(name), ErrorCode::Timeout, "another download is in progress; try again when it ends".into());
+    // One at a time; a panic in an earlier download (poisoned lock) does not block later ones.
+    let _one = match shared.download.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            return refuse(Some(name), ErrorCode::Timeout, "another download is in progress; try again when it ends".into());
+        }
     };
     let dir = shared.model_dir();
     let final_path = dir.join(&name);

@@ -206,10 +206,12 @@ impl Peer {
         Ok(any)
     }
 
-    /// Draining: handles the requests already in the socket's buffer, without waiting for more.
+    /// Draining: handles the requests already in the socket's buffer, without
+    /// waiting for more. (A 1 ms read timeout, not O_NONBLOCK: the flag would
+    /// also make the writer's clone of this socket non-blocking mid-answer.)
     fn read_what_arrived(&self, framer: &mut Framer, buf: &mut [u8], tx: &Sender<Pending>) {
         let mut stream = &self.stream;
-        if stream.set_nonblocking(true).is_err() {
+        if stream.set_read_timeout(Some(Duration::from_millis(1))).is_err() {
             return;
         }
         while let Ok(n) = stream.read(buf) {
@@ -221,7 +223,6 @@ impl Peer {
                 break;
             }
         }
-        let _ = stream.set_nonblocking(false);
     }
 
     fn handle(&self, tx: &Sender<Pending>, bytes: &[u8]) -> bool {
