@@ -150,12 +150,15 @@ pub struct ImagesSection {
     pub max_pixels: u64,
     /// Largest image file read.
     pub max_file_bytes: u64,
+    /// An incomplete image still growing (the camera writing it) is read again
+    /// after this many ms while it grows; 0 = answer incomplete at once.
+    pub settle_ms: u64,
 }
 
 impl Default for ImagesSection {
     fn default() -> Self {
         let l = Limits::default();
-        ImagesSection { dir: "samples".into(), allowed_roots: vec![], max_pixels: l.max_pixels, max_file_bytes: l.max_file_bytes }
+        ImagesSection { dir: "samples".into(), allowed_roots: vec![], max_pixels: l.max_pixels, max_file_bytes: l.max_file_bytes, settle_ms: 0 }
     }
 }
 
@@ -271,6 +274,9 @@ impl Config {
         }
         if self.images.max_pixels == 0 {
             return invalid("images.max_pixels", "must be at least 1");
+        }
+        if self.images.settle_ms > 5000 {
+            return invalid("images.settle_ms", "must be at most 5000 (a worker waits that long per read)");
         }
         if self.images.max_file_bytes == 0 {
             return invalid("images.max_file_bytes", "must be at least 1");

@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use std::io::Write;
 use pear_server::decode::{decode_image, Limits};
 
 /// 30, 50 and 70 % of a sample: `result` null, `error_code` 2, and the message
@@ -154,4 +155,32 @@ fn annotated_images_are_saved_and_pruned() {
     let pic = image::open(s.dir.join("annotated").join(&saved[2])).unwrap();
     let orig = image::open(s.dir.join("images/crack_1.jpg")).unwrap();
     assert_eq!((pic.width(), pic.height()), (orig.width(), orig.height()));
+}
+
+/// `images.settle_ms`: a file the camera is still writing is read again
+/// while it grows. The test appends the rest only once the server has seen
+/// the first part (its log says so), then gets the whole image's answer; a
+/// file that stops growing still answers incomplete.
+#[test]
+fn a_growing_file_is_waited_for() {
+    let s = TestServer::start(Options { settle_ms: 1000, ..Options::default() });
+    let whole = std::fs::read(s.dir.join("images/rot_1.jpg")).unwrap();
+    let cut = whole.len() * 2 / 5;
+    std::fs::write(s.dir.join("images/growing.jpg"), &whole[..cut]).unwrap();
+    std::fs::write(s.dir.join("images/stuck.jpg"), &whole[..cut]).unwrap();
+    let mut c = s.client();
+    c.send(classify(&["growing.jpg"]).as_bytes());
+    for _ in 0..400 {
+        if s.log().contains("growing.jpg: incomplete after") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::OpenOptions::new().append(true).open(s.dir.join("images/growing.jpg")).unwrap().write_all(&whole[cut..]).unwrap();
+    let r = c.recv();
+    let twin = c.request(&classify(&["rot_1.jpg"]));
+    assert_eq!(entries(&r)[0]["error_code"], 0, "{r}");
+    assert_eq!(entries(&r)[0]["result"], entries(&twin)[0]["result"]);
+    let r = c.request(&classify(&["stuck.jpg"]));
+    assert_eq!(entries(&r)[0]["error_code"], 2, "{r}");
 }

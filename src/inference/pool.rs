@@ -3,7 +3,7 @@
 use super::annotated::AnnotatedDir;
 use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
-use crate::decode::{decode_image, Limits};
+use crate::decode::{decode_image, DecodeError, Limits};
 use crate::model::pipeline::{Inspection, Pipeline};
 use crate::metrics::Metrics;
 use crate::server::shutdown::Shutdown;
@@ -99,7 +99,7 @@ impl Job {
         m.busy_workers.inc();
         // Reading and decoding are under the guard too: a panic anywhere in
         // the job answers this image and leaves the worker alive.
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.inspect_file(&opts.limits, opts.annotated.as_deref())))
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.inspect_file(opts)))
             .unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
         m.inference_seconds.observe(started.elapsed().as_secs_f64());
         m.busy_workers.dec();
@@ -110,21 +110,41 @@ impl Job {
         let _ = self.reply.send((self.index, outcome));
     }
 
-    fn inspect_file(&self, limits: &Limits, annotated: Option<&AnnotatedDir>) -> Outcome {
-        let bytes = match read_image_file(&self.path, limits.max_file_bytes) {
-            Ok(b) => b,
-            Err(m) => return Outcome::Unreadable(m),
-        };
-        let img = match decode_image(&bytes, limits) {
+    /// Reads and decodes the file. With `settle` set, a file that decodes as
+    /// incomplete (the camera still writing it) is read again after `settle`
+    /// for as long as it keeps growing, at most `SETTLE_ROUNDS` times; once it
+    /// stops growing, incomplete is the answer.
+    fn read_and_decode(&self, limits: &Limits, settle: Duration) -> Result<RgbImage, String> {
+        const SETTLE_ROUNDS: usize = 20;
+        let mut bytes = read_image_file(&self.path, limits.max_file_bytes)?;
+        for _ in 0..SETTLE_ROUNDS {
+            match decode_image(&bytes, limits) {
+                Err(DecodeError::Incomplete(_)) if !settle.is_zero() => {
+                    log::debug!("{}: incomplete after {} bytes; waiting {} ms for the rest", self.path.display(), bytes.len(), settle.as_millis());
+                    std::thread::sleep(settle);
+                    let again = read_image_file(&self.path, limits.max_file_bytes)?;
+                    if again.len() == bytes.len() {
+                        break; // not growing: the last decode's answer stands
+                    }
+                    bytes = again;
+                }
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
+        decode_image(&bytes, limits).map_err(|e| e.to_string())
+    }
+
+    fn inspect_file(&self, opts: &PoolOptions) -> Outcome {
+        let img = match self.read_and_decode(&opts.limits, opts.settle) {
             Ok(img) => img,
-            Err(e) => return Outcome::Unreadable(e.to_string()),
+            Err(m) => return Outcome::Unreadable(m),
         };
         let t = Instant::now();
         let result = self.inspector.inspect(&img);
         log::debug!("{}: inspected in {:.1} ms", self.path.display(), t.elapsed().as_secs_f64() * 1e3);
         match result {
             Ok(ins) => {
-                if let Some(a) = annotated {
+                if let Some(a) = opts.annotated.as_deref() {
                     a.save(&img, &ins, &self.path);
                 }
                 Outcome::Done(ins)
@@ -147,6 +167,8 @@ pub struct PoolOptions {
     /// Every image takes at least this long (`debug.min_inference_ms`): lets
     /// tests make a slow worker by configuration instead of by luck.
     pub min_job: Duration,
+    /// `images.settle_ms`: an incomplete file still growing is read again after this.
+    pub settle: Duration,
     /// The server's shutdown signal: once it says stop, queued jobs are answered unrun.
     pub shutdown: Arc<Shutdown>,
     pub metrics: Arc<Metrics>,
@@ -163,6 +185,7 @@ impl Default for PoolOptions {
             per_connection: 16,
             limits: Limits::default(),
             min_job: Duration::ZERO,
+            settle: Duration::ZERO,
             shutdown: Arc::default(),
             metrics: Arc::default(),
             annotated: None,

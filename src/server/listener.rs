@@ -71,6 +71,7 @@ pub fn start(config: Config, device: Device) -> Result<Server, StartError> {
         per_connection: config.inference.per_connection(),
         limits: config.images.limits(),
         min_job: Duration::from_millis(config.debug.min_inference_ms),
+        settle: Duration::from_millis(config.images.settle_ms),
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
         annotated: match &config.debug.annotated_dir {

@@ -38,6 +38,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// `[debug] annotated_dir = "annotated"` with this `annotated_keep`.
     pub annotated_keep: Option<usize>,
+    /// `images.settle_ms`.
+    pub settle_ms: u64,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             metrics: false,
             env: vec![],
             annotated_keep: None,
+            settle_ms: 0,
         }
     }
 }
@@ -132,6 +135,7 @@ download_allowed_hosts = [{hosts}]
 dir = "images"
 allowed_roots = ["images"]
 max_file_bytes = {max_file}
+settle_ms = {settle}
 [protocol]
 extended_results = {ext}
 "#,
@@ -142,6 +146,7 @@ extended_results = {ext}
             timeout = o.request_timeout_secs,
             ext = o.extended,
             max_file = o.max_file_bytes,
+            settle = o.settle_ms,
             idle = o.idle_timeout_secs,
             read_timeout = o.request_read_timeout_secs,
             drain = o.drain_timeout_secs,
@@ -156,7 +161,7 @@ extended_results = {ext}
         let mut child = Command::new(env!("CARGO_BIN_EXE_pear-server"))
             .arg("--config")
             .arg(dir.join("server.toml"))
-            .env("RUST_LOG", "info,pear_server::commands=debug")
+            .env("RUST_LOG", "info,pear_server::commands=debug,pear_server::inference::pool=debug")
             .envs(o.env.iter().cloned())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(dir.join("server.log")).unwrap()))
