@@ -6,7 +6,7 @@
 //! 2. starvation: `one_client_cannot_starve_another`, `a_reset_client_loses_its_queue`,
 //!    `a_half_closed_client_gets_every_answer`, `a_connection_gets_its_share_only`
 //! 3. slowloris: `slow_senders_cannot_hold_a_slot`, `idle_counts_from_the_last_complete_request`,
-//!    `connections_per_address_are_capped`
+//!    `a_long_batch_does_not_use_up_the_idle_time`, `connections_per_address_are_capped`
 //! 4. shutdown: `sigterm_answers_everything_received`, `a_second_signal_exits_at_once`,
 //!    `an_expired_drain_still_answers`, `stale_download_files_are_removed_at_start`
 //! 5. memory: `png_bomb_is_refused_from_its_header`, `images.rs::oversized_files_are_refused`,
@@ -195,6 +195,18 @@ fn idle_counts_from_the_last_complete_request() {
         std::thread::sleep(Duration::from_millis(150));
     }
     assert!(closed || c.closed(), "a connection sending only spaces for 8 s outlived a 1 s idle timeout");
+}
+
+/// Time spent inferring a batch is not idle time: after a 1.6 s batch under
+/// a 1 s idle timeout the connection still takes the next request.
+#[test]
+fn a_long_batch_does_not_use_up_the_idle_time() {
+    let s = TestServer::start(Options { workers: 1, idle_timeout_secs: 1, min_inference_ms: 800, ..Options::default() });
+    let mut c = s.client();
+    assert_eq!(count(&c.request(&classify(&["normal_1.jpg"; 2])), 0), 2);
+    // Well within the 1 s the connection has after its answer.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(c.request(CURRENT_MODEL)["cmd"], 0x23);
 }
 
 #[test]

@@ -106,11 +106,15 @@ impl Peer {
         let _ = stream.set_read_timeout(Some(TICK));
         let mut framer = Framer::new(cfg.max_request_bytes);
         let mut buf = vec![0u8; 16 * 1024];
-        // Idle time runs from the last complete request, so trickling bytes
-        // does not keep a connection open; an unfinished request has its own deadline.
+        // Idle time runs from the last complete request (or the last answer
+        // still being worked on), so trickling bytes does not keep a connection
+        // open; an unfinished request has its own deadline.
         let mut last_request = Instant::now();
         let mut request_started: Option<Instant> = None;
         loop {
+            if self.outstanding.load(Ordering::Acquire) > 0 {
+                last_request = Instant::now();
+            }
             if self.shared.shutdown.is_draining() {
                 self.read_what_arrived(&mut framer, &mut buf, tx);
                 return "server draining".into();
@@ -169,10 +173,9 @@ impl Peer {
         }
     }
 
-    /// Nothing pending, no request begun, and no complete request for `idle`.
+    /// No request begun and none complete (nor answered) for `idle`.
     fn idle(&self, request_started: Option<Instant>, last_request: Instant, idle: Duration) -> Option<String> {
-        let quiet = request_started.is_none() && self.outstanding.load(Ordering::Acquire) == 0;
-        (quiet && last_request.elapsed() >= idle).then(|| format!("idle for {} s", idle.as_secs()))
+        (request_started.is_none() && last_request.elapsed() >= idle).then(|| format!("idle for {} s", idle.as_secs()))
     }
 
     /// A request still unfinished `limit` after its first byte: refused, and
