@@ -59,7 +59,9 @@ fn main() -> ExitCode {
         }
     }
     // Model loaded, sockets bound: tell systemd (Type=notify) we are ready.
-    pear_server::server::systemd::ready();
+    if let Some(a) = addr {
+        pear_server::server::systemd::ready(a, shared.shutdown.clone());
+    }
     let (first, second) = (server.shared(), server.shared());
     let signals = pear_server::server::shutdown::on_signals(
         move || {

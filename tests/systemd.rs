@@ -1,6 +1,6 @@
 //! systemd readiness (`Type=notify`): READY=1 only once the model is loaded
 //! and the server answers, never from a server that cannot load its model;
-//! STOPPING=1 when a SIGTERM starts the drain. The test plays systemd's part
+//! watchdog pings (WATCHDOG_USEC set); STOPPING=1 when a SIGTERM starts the drain. The test plays systemd's part
 //! with a datagram socket of its own in NOTIFY_SOCKET.
 
 mod common;
@@ -25,13 +25,23 @@ fn next(sock: &UnixDatagram) -> String {
 #[test]
 fn ready_after_the_model_loaded_and_stopping_on_sigterm() {
     let (sock, path) = notify_socket("ready");
-    let mut s = TestServer::start(Options { env: vec![("NOTIFY_SOCKET".into(), path.clone())], ..Options::default() });
+    let env = vec![("NOTIFY_SOCKET".into(), path.clone()), ("WATCHDOG_USEC".into(), "400000".into())];
+    let mut s = TestServer::start(Options { env, ..Options::default() });
     assert!(next(&sock).contains("READY=1"));
     // Ready means serving, with the model loaded.
     let r = s.client().request(r#"{"cmd": 0x22, "request_data": null}"#);
     assert_eq!(entries(&r)[0]["file_name"], "pear-default.safetensors");
+    // The watchdog is fed (every 200 ms) once the server answered its own 0x22.
+    assert!(next(&sock).contains("WATCHDOG=1"));
     s.signal(libc::SIGTERM);
-    assert!(next(&sock).contains("STOPPING=1"));
+    let mut stopping = false;
+    for _ in 0..100 {
+        if next(&sock).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping);
     assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
     let _ = std::fs::remove_file(path);
 }
