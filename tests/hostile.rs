@@ -478,20 +478,25 @@ fn held_model_server() -> (String, mpsc::Sender<()>) {
     (addr, go)
 }
 
+/// Sends a 0x20 for `name` from the held server on a connection of its own
+/// and waits (bounded) until the download is under way: its `.part` file exists.
+fn start_held_download(s: &TestServer, addr: &str, name: &str) -> Client {
+    let mut c = s.client();
+    c.send(format!(r#"{{"cmd": 0x20, "request_data": ["http://{addr}/{name}"]}}"#).as_bytes());
+    for _ in 0..400 {
+        if std::fs::read_dir(s.dir.join("models")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".part")) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("the download of {name} never started");
+}
+
 #[test]
 fn one_download_at_a_time() {
     let s = TestServer::start(Options::default());
     let (addr, go) = held_model_server();
-    let mut first = s.client();
-    first.send(format!(r#"{{"cmd": 0x20, "request_data": ["http://{addr}/one.safetensors"]}}"#).as_bytes());
-    // The first download holds the lock once its .part file exists.
-    for _ in 0..200 {
-        let part = std::fs::read_dir(s.dir.join("models")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".part"));
-        if part {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let mut first = start_held_download(&s, &addr, "one.safetensors");
     let r = download(&mut s.client(), &format!("http://{addr}/two.safetensors"));
     assert_eq!(one(&r)["result"], 1, "{r}");
     assert!(one(&r)["message"].as_str().unwrap().contains("another download"), "{r}");
@@ -526,14 +531,7 @@ fn failed_management_entries_say_why() {
 fn download_racing_a_model_folder_change_is_not_saved() {
     let s = TestServer::start(Options::default());
     let (addr, go) = held_model_server();
-    let mut dl = s.client();
-    dl.send(format!(r#"{{"cmd": 0x20, "request_data": ["http://{addr}/raced.safetensors"]}}"#).as_bytes());
-    for _ in 0..200 {
-        if std::fs::read_dir(s.dir.join("models")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().ends_with(".part")) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let mut dl = start_held_download(&s, &addr, "raced.safetensors");
     let r = s.client().request(&format!(r#"{{"cmd": 0x34, "request_data": ["{}"]}}"#, s.dir.join("models2").display()));
     assert_eq!(one(&r)["result"], 2, "{r}");
     go.send(()).unwrap();
