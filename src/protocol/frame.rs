@@ -76,12 +76,17 @@ impl Framer {
                 // Until that is seen, wait for more bytes (up to the request
                 // limit): one bad line is one error however it was split.
                 // Only the first `max` bytes count, so where garbage is cut
-                // never depends on how much had arrived.
-                let window = &self.buf[1..self.buf.len().min(self.max)];
-                let end = match window.iter().position(|&b| b == b'{' || b == b'[' || b == b'\n') {
-                    Some(i) => i + 1 + usize::from(self.buf[i + 1] == b'\n'),
+                // never depends on how much had arrived. The search resumes
+                // where the last one stopped, so a slow sender costs O(n).
+                let (from, to) = (self.scanned.max(1), self.buf.len().min(self.max));
+                let found = self.buf.get(from..to).and_then(|w| w.iter().position(|&b| b == b'{' || b == b'[' || b == b'\n'));
+                let end = match found.map(|i| from + i) {
+                    Some(i) => i + usize::from(self.buf[i] == b'\n'),
                     None if self.buf.len() >= self.max => self.max,
-                    None => return None,
+                    None => {
+                        self.scanned = to;
+                        return None;
+                    }
                 };
                 self.buf.drain(..end);
                 self.reset_scan();
