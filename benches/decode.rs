@@ -9,7 +9,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::FilterType;
-use pear_server::decode::{decode_image, Limits};
+use pear_model::decode::{decode_image, Limits};
 use std::path::Path;
 use std::time::Duration;
 

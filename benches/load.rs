@@ -16,10 +16,11 @@
 //! tools/make_bench_bundle.py.
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use pear_protocol::client::Client;
+use pear_protocol::Response;
 use pear_server::config::Config;
-use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,32 +55,21 @@ fn start() -> (SocketAddr, Vec<String>) {
         images,
     );
     let config = Config::from_toml(&toml, Path::new(ROOT)).expect("bench config");
-    let server = pear_server::server::start(config, candle_core::Device::Cpu).expect("server starts");
+    let server = pear_server::server::start(config).expect("server starts");
     let addr = server.local_addr().expect("address");
     std::thread::spawn(move || server.run());
     (addr, names)
 }
 
-/// One connection speaking newline-framed requests.
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+/// One request on `c` and how long its answer took.
+fn timed(c: &mut Client, code: u8, data: Value) -> (Response, Duration) {
+    let t = Instant::now();
+    let answer = c.request(code, &data).expect("answer");
+    (answer, t.elapsed())
 }
 
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        Client { reader: BufReader::new(s.try_clone().expect("clone")), writer: s }
-    }
-
-    fn request(&mut self, text: &str) -> (Value, Duration) {
-        let t = Instant::now();
-        self.writer.write_all(text.as_bytes()).expect("send");
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("answer");
-        (serde_json::from_str(&line).expect("answer is JSON"), t.elapsed())
-    }
+fn connect(addr: SocketAddr) -> Client {
+    Client::connect(&addr.to_string(), Duration::from_secs(120)).expect("connect")
 }
 
 #[derive(Default)]
@@ -97,11 +87,11 @@ fn drive(addr: SocketAddr, names: &[String], clients: usize, rounds: u64, stats:
     let probe = {
         let done = done.clone();
         std::thread::spawn(move || {
-            let mut c = Client::connect(addr);
+            let mut c = connect(addr);
             let mut lat = Vec::new();
             while !done.load(Ordering::Acquire) {
-                let (v, d) = c.request("{\"cmd\": 34, \"request_data\": null}\n");
-                assert_eq!(v["cmd"], 35, "{v}");
+                let (v, d) = timed(&mut c, 0x22, Value::Null);
+                assert_eq!(v.cmd, Some(0x23), "{v:?}");
                 lat.push(d);
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -113,16 +103,16 @@ fn drive(addr: SocketAddr, names: &[String], clients: usize, rounds: u64, stats:
         .map(|i| {
             let names = names.to_vec();
             std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
+                let mut c = connect(addr);
                 let mut s = Stats::default();
                 for r in 0..rounds as usize {
                     let name = &names[(i * 7 + r) % names.len()];
-                    let (v, d) = c.request(&format!("{{\"cmd\": 1, \"request_data\": [{name:?}]}}\n"));
-                    let e = &v["response_data"][0];
-                    assert_eq!(e["error_code"], 0, "{name}: {v}");
+                    let (v, d) = timed(&mut c, 0x01, json!([name]));
+                    let e = &v.response_data[0];
+                    assert!(e.is_ok(), "{name}: {v:?}");
                     s.requests.push(d);
                     s.images += 1;
-                    s.detected += (e["detected"] == true) as usize;
+                    s.detected += e.extended.as_ref().is_some_and(|x| x.detected) as usize;
                 }
                 s
             })
@@ -157,7 +147,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    pear_server::model::cpu::single_threaded_candle_ops(); // as the server binary does
+    pear_model::cpu::single_threaded_candle_ops(); // as the server binary does
     let (addr, names) = start();
     let counts: Vec<usize> = std::env::var("PEAR_BENCH_CLIENTS")
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())

@@ -11,10 +11,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use pear_server::model::efficientnet::EfficientNet;
-use pear_server::decode::decode_image;
-use pear_server::model::pipeline::Pipeline;
-use pear_server::model::weights::Weights;
+use pear_model::decode::decode_image;
+use pear_model::efficientnet::EfficientNet;
+use pear_model::pipeline::Pipeline;
+use pear_model::weights::Weights;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -27,18 +27,14 @@ fn random_b3() -> EfficientNet {
     let dev = Device::Cpu;
     let mut map = HashMap::new();
     for (k, s) in shapes {
-        let t = if k.ends_with("running_var") {
-            Tensor::ones(s, DType::F32, &dev)
-        } else {
-            Tensor::randn(0f32, 0.05, s, &dev)
-        };
+        let t = if k.ends_with("running_var") { Tensor::ones(s, DType::F32, &dev) } else { Tensor::randn(0f32, 0.05, s, &dev) };
         map.insert(k, t.unwrap());
     }
     EfficientNet::load(&Weights::new(map, &dev).unwrap()).unwrap()
 }
 
 fn bench(c: &mut Criterion) {
-    pear_server::model::cpu::single_threaded_candle_ops(); // as the server runs
+    pear_model::cpu::single_threaded_candle_ops(); // as the server runs
     let dev = Device::Cpu;
     let bundle = Path::new(ROOT).join("weights/pear-default.safetensors");
     let pipeline = Pipeline::load(&bundle, &dev, None).unwrap();

@@ -5,7 +5,7 @@
 //! Relative paths are taken relative to the config file's folder, so the
 //! server behaves the same whatever directory it is started from.
 
-use crate::decode::Limits;
+use pear_model::decode::Limits;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -158,7 +158,13 @@ pub struct ImagesSection {
 impl Default for ImagesSection {
     fn default() -> Self {
         let l = Limits::default();
-        ImagesSection { dir: "samples".into(), allowed_roots: vec![], max_pixels: l.max_pixels, max_file_bytes: l.max_file_bytes, settle_ms: 0 }
+        ImagesSection {
+            dir: "samples".into(),
+            allowed_roots: vec![],
+            max_pixels: l.max_pixels,
+            max_file_bytes: l.max_file_bytes,
+            settle_ms: 0,
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! Each body panics only when an invariant breaks; any input is fair.
 
-use crate::decode::{decode_image, Limits};
-use crate::protocol::{parse_request, Frame, Framer};
+use pear_model::decode::{decode_image, Limits};
+use pear_protocol::{parse_request, Frame, Framer};
 
 /// Request limit the framer target uses (small, so the limit path is reached).
 const MAX_REQUEST: usize = 512;
@@ -62,7 +62,7 @@ pub fn decode(data: &[u8]) {
 /// A safetensors file holding `meta` as the bundle metadata and one tiny tensor.
 pub fn bundle_with_metadata(meta: &str) -> Vec<u8> {
     let header = serde_json::json!({
-        "__metadata__": { crate::model::bundle::META_KEY: meta },
+        "__metadata__": { pear_model::bundle::META_KEY: meta },
         "detector.x": { "dtype": "F32", "shape": [1], "data_offsets": [0, 4] },
     })
     .to_string();
@@ -86,7 +86,7 @@ pub fn bundle(data: &[u8]) {
         }
     };
     let dev = candle_core::Device::Cpu;
-    if let Ok(b) = crate::model::bundle::Bundle::from_bytes(&bytes, &dev) {
-        let _ = crate::model::Pipeline::from_bundle(b, &dev, None);
+    if let Ok(b) = pear_model::bundle::Bundle::from_bytes(&bytes, &dev) {
+        let _ = pear_model::Pipeline::from_bundle(b, &dev, None);
     }
 }

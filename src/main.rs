@@ -1,9 +1,13 @@
-//! `pear-server`: start the server from a config file.
+//! `pear-server`: start the server from a config file, serve until
+//! SIGTERM/SIGINT, drain, exit.
 
 use clap::Parser;
 use pear_server::config::Config;
+use pear_server::server::{metrics_http, systemd};
+use pear_server::shutdown;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// TCP inference server that inspects pears (YOLOv8 + EfficientNet, candle).
 #[derive(Parser)]
@@ -17,83 +21,60 @@ struct Args {
     port: Option<u16>,
 }
 
+fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("pear-server: {e}");
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
-    pear_server::model::cpu::single_threaded_candle_ops();
+    pear_model::cpu::single_threaded_candle_ops();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let mut config = match Config::load(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("pear-server: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(2, e),
     };
     if let Some(p) = args.port {
         config.server.port = p;
     }
-    let device = candle_core::Device::Cpu;
-    let server = match pear_server::server::start(config, device) {
+    let server = match pear_server::server::start(config) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("pear-server: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fail(1, e),
     };
-    match server.local_addr() {
-        // Tests and scripts read this line to find the port.
-        Ok(a) => println!("pear-server listening on {a}"),
-        Err(e) => {
-            eprintln!("pear-server: {e}");
-            return ExitCode::from(1);
-        }
-    }
-    let addr = server.local_addr().ok();
-    let shared = server.shared();
-    if let Some(listen) = shared.config.metrics.listen.clone() {
-        match pear_server::server::metrics_http::start(&listen, shared.clone()) {
+    let addr = match server.local_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(1, e),
+    };
+    // Tests and scripts read this line to find the port.
+    println!("pear-server listening on {addr}");
+    let (state, signal) = (server.state(), server.shutdown());
+    if let Some(listen) = state.config.metrics.listen.clone() {
+        match metrics_http::start(&listen, state.clone(), signal.clone()) {
             Ok(a) => println!("pear-server metrics on http://{a}"),
-            Err(e) => {
-                eprintln!("pear-server: metrics: {e}");
-                return ExitCode::from(1);
-            }
+            Err(e) => return fail(1, format!("metrics: {e}")),
         }
     }
     // Model loaded, sockets bound: tell systemd (Type=notify) we are ready.
-    if let Some(a) = addr {
-        pear_server::server::systemd::ready(a, shared.shutdown.clone());
-    }
-    let (first, second) = (server.shared(), server.shared());
-    let signals = pear_server::server::shutdown::on_signals(
+    systemd::ready(addr, signal.clone());
+    let first = signal.clone();
+    let for_exit = state.clone();
+    let signals = shutdown::on_signals(
         move || {
-            pear_server::server::systemd::stopping();
-            first.shutdown.begin();
-            if let Some(a) = addr {
-                pear_server::server::shutdown::wake(a);
-            }
+            systemd::stopping();
+            first.begin();
         },
         move || {
-            second.remove_partial_downloads();
+            for_exit.downloads.remove_partial();
             std::process::exit(130);
         },
     );
     if let Err(e) = signals {
-        eprintln!("pear-server: cannot handle signals: {e}");
-        return ExitCode::from(1);
+        return fail(1, format!("cannot handle signals: {e}"));
     }
-    let shared = server.run();
-    let timeout = std::time::Duration::from_secs(shared.config.server.drain_timeout_secs);
-    let drained = pear_server::server::shutdown::drain(&shared, timeout);
-    if drained {
+    let drain = server.run();
+    let timeout = Duration::from_secs(drain.state.config.server.drain_timeout_secs);
+    if drain.finish(timeout) {
         log::info!("drained: every request received was answered; exiting");
-    } else {
-        // Images still queued are answered "shutting down" rather than dropped;
-        // only an image already running, or a download, is still waited for (briefly).
-        log::warn!("drain not finished after {} s (server.drain_timeout_secs); answering the rest as shutting down", timeout.as_secs());
-        shared.shutdown.stop();
-        if !pear_server::server::shutdown::drain(&shared, std::time::Duration::from_secs(5)) {
-            log::warn!("exiting with connections still open");
-        }
     }
-    shared.remove_partial_downloads();
     ExitCode::SUCCESS
 }

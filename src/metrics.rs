@@ -2,9 +2,11 @@
 //! in Prometheus/OpenMetrics text format by the `prometheus-client` crate).
 //!
 //! Everything here is updated where it happens (connection slots, the
-//! writer, the workers, model loads, downloads); gauges that are a view of
-//! other state (queue depth) are refreshed when scraped.
+//! writer's record of each answer, the workers, model loads, downloads);
+//! gauges that are a view of other state (queue depth) are refreshed when
+//! scraped.
 
+use crate::commands::Answer;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -63,6 +65,7 @@ pub struct Metrics {
     pub busy_workers: Gauge,
     pub queue_wait_seconds: Histogram,
     pub inference_seconds: Histogram,
+    pub settle_waits: Counter,
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
@@ -91,6 +94,7 @@ impl Metrics {
             busy_workers: Gauge::default(),
             queue_wait_seconds: seconds_histogram(),
             inference_seconds: seconds_histogram(),
+            settle_waits: Counter::default(),
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
@@ -109,6 +113,7 @@ impl Metrics {
         r.register("busy_workers", "Inference workers working on an image", m.busy_workers.clone());
         r.register("queue_wait_seconds", "Time an image waited in the queue", m.queue_wait_seconds.clone());
         r.register("inference_seconds", "Time to read, decode and inspect one image", m.inference_seconds.clone());
+        r.register("settle_waits", "Waits for an incomplete image file to grow (images.settle_ms)", m.settle_waits.clone());
         r.register("connections_open", "Open client connections", m.connections_open.clone());
         r.register("connections_accepted", "Client connections accepted", m.connections_accepted.clone());
         r.register("connections_refused", "Client connections refused (max_connections, per-address cap)", m.connections_refused.clone());
@@ -127,16 +132,22 @@ impl Metrics {
         out
     }
 
-    /// A finished request: its command ("0x01", or "invalid"), whether every
-    /// entry was error_code 0, and how long it took.
-    pub fn request(&self, command: &str, ok: bool, took: Duration) {
+    /// An answer about to be written: the request's command ("0x01", or
+    /// "invalid"), the images it answers, and how long it took.
+    pub fn answered(&self, command: &str, answer: &Answer, took: Duration) {
+        self.request(command, answer.ok(), took);
+        for image in &answer.images {
+            self.image(image.error_code as u8, image.result);
+        }
+    }
+
+    fn request(&self, command: &str, ok: bool, took: Duration) {
         let outcome = if ok { "ok" } else { "error" };
         self.requests.get_or_create(&RequestLabels { command: command.into(), outcome: outcome.into() }).inc();
         self.request_seconds.get_or_create(&CommandLabels { command: command.into() }).observe(took.as_secs_f64());
     }
 
-    /// One answered 0x01 image.
-    pub fn image(&self, error_code: u8, result: Option<i64>) {
+    fn image(&self, error_code: u8, result: Option<i64>) {
         self.images_by_error_code.get_or_create(&ErrorCodeLabels { error_code: error_code.to_string() }).inc();
         if let (0, Some(class)) = (error_code, result) {
             self.images_by_class.get_or_create(&ClassLabels { class: class.to_string() }).inc();

@@ -61,10 +61,7 @@ pub fn resolve_dir(roots: &[PathBuf], path: &str) -> Result<PathBuf, PathError> 
 
 /// A bare file name for the model folder: no separators, no `..`, not hidden.
 pub fn check_model_name(name: &str) -> Result<(), PathError> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && !name.contains(['/', '\\', '\0'])
-        && name.len() <= 255;
+    let ok = !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']) && name.len() <= 255;
     if ok {
         Ok(())
     } else {
@@ -90,8 +87,8 @@ mod tests {
         assert!(matches!(resolve_file(&root, "/etc/passwd"), Err(PathError::Refused(_))));
         assert!(matches!(resolve_file(&root, "link.jpg"), Err(PathError::Refused(_))));
         assert!(matches!(resolve_file(&root, "nope.jpg"), Err(PathError::NotFound(_))));
-        assert!(matches!(resolve_dir(&[root.clone()], "/etc"), Err(PathError::Refused(_))));
-        assert!(resolve_dir(&[d.clone()], "in").is_ok());
+        assert!(matches!(resolve_dir(std::slice::from_ref(&root), "/etc"), Err(PathError::Refused(_))));
+        assert!(resolve_dir(std::slice::from_ref(&d), "in").is_ok());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -7,7 +7,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pear_server::client::{all_ok, entries, request, ClientError, Connection};
+use pear_protocol::client::{Client, ClientError};
+use pear_protocol::{Entry, Response};
+use pear_server::sync::lock;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,10 +115,10 @@ fn main() -> ExitCode {
             let Some((code, data)) = simple(cmd) else { return ExitCode::from(2) };
             let mut worst = 0u8;
             for s in &servers {
-                let status = match Connection::connect(s, timeout).and_then(|mut c| c.request(&request(code, data.clone()))) {
+                let status = match Client::connect(s, timeout).and_then(|mut c| c.request(code, &data)) {
                     Ok(answer) => {
                         print_answer(s, &answer, servers.len() > 1, cli.json);
-                        u8::from(!all_ok(&answer))
+                        u8::from(!answer.all_ok())
                     }
                     Err(e) => {
                         eprintln!("pear-client: {e}");
@@ -160,57 +162,55 @@ fn simple(cmd: &Cmd) -> Option<(u8, Value)> {
     })
 }
 
-fn print_answer(server: &str, answer: &Value, many: bool, as_json: bool) {
+fn print_answer(server: &str, answer: &Response, many: bool, as_json: bool) {
     if as_json {
-        let tagged = if many { json!({ "server": server, "answer": answer }) } else { answer.clone() };
+        let answer = serde_json::to_value(answer).unwrap_or(Value::Null);
+        let tagged = if many { json!({ "server": server, "answer": answer }) } else { answer };
         println!("{tagged}");
         return;
     }
     let who = if many { format!("{server}: ") } else { String::new() };
-    if answer["cmd"].is_null() {
-        let e = &entries(answer)[..];
-        let msg = e.first().and_then(|x| x["message"].as_str()).unwrap_or("error");
-        println!("{who}error {}: {msg}", e.first().map(|x| x["error_code"].clone()).unwrap_or(Value::Null));
+    if answer.cmd.is_none() {
+        let e = answer.response_data.first();
+        let msg = e.and_then(|x| x.message.as_deref()).unwrap_or("error");
+        let code = e.map(|x| (x.error_code as u8).to_string()).unwrap_or_else(|| "null".into());
+        println!("{who}error {code}: {msg}");
         return;
     }
-    let classify = answer["cmd"] == 0x02;
-    for e in entries(answer) {
+    let classify = answer.cmd == Some(0x02);
+    for e in &answer.response_data {
         let line = if classify { describe(e) } else { describe_management(e) };
         println!("{who}{line}");
     }
 }
 
 /// A management entry: the name it is about, or why it failed.
-fn describe_management(e: &Value) -> String {
-    let name = e["file_name"].as_str().unwrap_or("");
-    match e["error_code"].as_i64() {
-        Some(0) if name.is_empty() => "ok".into(),
-        Some(0) => name.to_string(),
-        code => {
-            let msg = e["message"].as_str().unwrap_or("(no message)");
-            let about = if name.is_empty() { String::new() } else { format!("{name}: ") };
-            format!("{about}error {}: {msg}", code.unwrap_or(-1))
-        }
+fn describe_management(e: &Entry) -> String {
+    let name = e.file_name.as_deref().unwrap_or("");
+    if e.is_ok() {
+        return if name.is_empty() { "ok".into() } else { name.to_string() };
     }
+    let msg = e.message.as_deref().unwrap_or("(no message)");
+    let about = if name.is_empty() { String::new() } else { format!("{name}: ") };
+    format!("{about}error {}: {msg}", e.error_code as u8)
 }
 
 /// One entry in words.
-fn describe(e: &Value) -> String {
-    let name = e["file_name"].as_str().unwrap_or("-");
-    let code = e["error_code"].as_i64().unwrap_or(-1);
-    if code != 0 {
-        let msg = e["message"].as_str().unwrap_or("(no message)");
-        return format!("{name}: error {code}: {msg}");
+fn describe(e: &Entry) -> String {
+    let name = e.file_name.as_deref().unwrap_or("-");
+    if !e.is_ok() {
+        let msg = e.message.as_deref().unwrap_or("(no message)");
+        return format!("{name}: error {}: {msg}", e.error_code as u8);
     }
-    match (&e["result"], e.get("detected")) {
-        (Value::Number(n), Some(Value::Bool(false))) => format!("{name}: {n} (no pear)"),
-        (Value::Number(n), _) if e.get("label").is_some() => {
-            let label = e["label"].as_str().unwrap_or("?");
-            let conf = e["confidence"].as_f64().map(|c| format!(" {c:.2}")).unwrap_or_default();
+    match (e.result, &e.extended) {
+        (Some(n), Some(x)) if !x.detected => format!("{name}: {n} (no pear)"),
+        (Some(n), Some(x)) => {
+            let label = x.label.as_deref().unwrap_or("?");
+            let conf = x.confidence.map(|c| format!(" {c:.2}")).unwrap_or_default();
             format!("{name}: {n} ({label}{conf})")
         }
-        (Value::Number(n), _) => format!("{name}: {n}"),
-        _ => format!("{name}: ok"),
+        (Some(n), None) => format!("{name}: {n}"),
+        (None, _) => format!("{name}: ok"),
     }
 }
 
@@ -225,7 +225,8 @@ fn list_images(dir: &Path) -> std::io::Result<Vec<String>> {
             let name = rel.join(e.file_name());
             if e.file_type()?.is_dir() {
                 stack.push(name);
-            } else if name.extension().and_then(|x| x.to_str()).is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())) {
+            } else if name.extension().and_then(|x| x.to_str()).is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+            {
                 out.push(name.to_string_lossy().into_owned());
             }
         }
@@ -246,7 +247,7 @@ fn classify_dir(server: &str, a: &ClassifyArgs, timeout: Duration, as_json: bool
     let dir = a.dir.as_deref().unwrap_or(Path::new("."));
     let io = |source| ClientError::Io { addr: dir.display().to_string(), source };
     let files = list_images(dir).map_err(io)?;
-    let mut conn = Connection::connect(server, timeout)?;
+    let mut conn = Client::connect(server, timeout)?;
     let mut report: Box<dyn Write> = match &a.csv {
         Some(p) => Box::new(std::fs::File::create(p).map_err(io)?),
         None => Box::new(std::io::stdout()),
@@ -259,38 +260,40 @@ fn classify_dir(server: &str, a: &ClassifyArgs, timeout: Duration, as_json: bool
     }
     // Hidden by indicatif when standard error is not a terminal.
     let bar = ProgressBar::new(files.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let mut any_error = false;
     let mut warned = false;
     for chunk in files.chunks(a.batch.max(1)) {
-        let names: Vec<String> = chunk.iter().map(|f| if a.prefix.is_empty() { f.clone() } else { format!("{}/{f}", a.prefix.trim_end_matches('/')) }).collect();
-        let answer = conn.request(&request(0x01, json!(names)))?;
-        if answer["cmd"].is_null() {
+        let names: Vec<String> =
+            chunk.iter().map(|f| if a.prefix.is_empty() { f.clone() } else { format!("{}/{f}", a.prefix.trim_end_matches('/')) }).collect();
+        let answer = conn.request(0x01, &json!(names))?;
+        if answer.cmd.is_none() {
             bar.abandon();
             print_answer(server, &answer, false, as_json);
             return Ok(1);
         }
         if as_json {
-            bar.suspend(|| println!("{answer}"));
+            let line = serde_json::to_string(&answer).unwrap_or_default();
+            bar.suspend(|| println!("{line}"));
         }
-        for (local, e) in chunk.iter().zip(entries(&answer)) {
-            let code = e["error_code"].as_i64().unwrap_or(-1);
-            any_error |= code != 0;
-            let bbox: Option<[f32; 4]> = e["bbox"].as_array().and_then(|b| {
-                let v: Vec<f32> = b.iter().filter_map(|x| x.as_f64().map(|f| f as f32)).collect();
-                <[f32; 4]>::try_from(v).ok()
-            });
+        for (local, e) in chunk.iter().zip(&answer.response_data) {
+            any_error |= !e.is_ok();
+            let ext = e.extended.as_ref();
+            let bbox = ext.and_then(|x| x.bbox);
             if !as_json {
-                let error = if code == 0 { String::new() } else { format!("{code}: {}", e["message"].as_str().unwrap_or("")) };
-                let class = e["result"].as_i64().map(|c| c.to_string()).unwrap_or_default();
-                let label = e["label"].as_str().unwrap_or("");
-                let conf = e["confidence"].as_f64().map(|c| format!("{c:.4}")).unwrap_or_default();
+                let error =
+                    if e.is_ok() { String::new() } else { format!("{}: {}", e.error_code as u8, e.message.as_deref().unwrap_or("")) };
+                let class = e.result.map(|c| c.to_string()).unwrap_or_default();
+                let label = ext.and_then(|x| x.label.as_deref()).unwrap_or("");
+                let conf = ext.and_then(|x| x.confidence).map(|c| format!("{c:.4}")).unwrap_or_default();
                 let bx = bbox.map(|b| format!("{:.1} {:.1} {:.1} {:.1}", b[0], b[1], b[2], b[3])).unwrap_or_default();
-                let row = [e["file_name"].as_str().unwrap_or(local), &class, label, &conf, &bx, &error].map(csv_field).join(",");
+                let row = [e.file_name.as_deref().unwrap_or(local), &class, label, &conf, &bx, &error].map(csv_field).join(",");
                 writeln!(report, "{row}").map_err(io)?;
             }
-            if let (Some(out), 0) = (&a.annotate, code) {
-                if e.get("detected").is_none() && !warned {
+            if let (Some(out), true) = (&a.annotate, e.is_ok()) {
+                if ext.is_none() && !warned {
                     bar.suspend(|| eprintln!("pear-client: the server sends no boxes or labels (set protocol.extended_results = true); drawing the class only"));
                     warned = true;
                 }
@@ -304,12 +307,18 @@ fn classify_dir(server: &str, a: &ClassifyArgs, timeout: Duration, as_json: bool
 }
 
 /// Decodes `src` as the server does, draws the answer, writes a JPEG at `dst`.
-fn annotate(src: &Path, dst: &Path, e: &Value, bbox: Option<[f32; 4]>) -> std::io::Result<()> {
+fn annotate(src: &Path, dst: &Path, e: &Entry, bbox: Option<[f32; 4]>) -> std::io::Result<()> {
     let bytes = std::fs::read(src)?;
-    let mut img = pear_server::decode::decode_image(&bytes, &Default::default()).map_err(|x| std::io::Error::other(x.to_string()))?;
-    let detected = e["detected"].as_bool().unwrap_or(true);
-    let caption = pear_server::annotate::caption(detected, e["result"].as_i64(), e["label"].as_str(), e["confidence"].as_f64());
-    pear_server::annotate::draw(&mut img, bbox, &caption);
+    let mut img = pear_model::decode::decode_image(&bytes, &Default::default()).map_err(|x| std::io::Error::other(x.to_string()))?;
+    let ext = e.extended.as_ref();
+    let detected = ext.is_none_or(|x| x.detected);
+    let caption = pear_model::annotate::caption(
+        detected,
+        e.result,
+        ext.and_then(|x| x.label.as_deref()),
+        ext.and_then(|x| x.confidence).map(f64::from),
+    );
+    pear_model::annotate::draw(&mut img, bbox, &caption);
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -329,14 +338,20 @@ struct Tally {
 
 /// Sends `req` and waits for its answer; when the connection was closed
 /// under it, reconnects (up to 3 times) and sends it again.
-fn request_resending(conn: &mut Connection, server: &str, req: &Value, timeout: Duration, reconnects: &mut u64) -> Result<Value, ClientError> {
+fn request_resending(
+    conn: &mut Client,
+    server: &str,
+    req: &(u8, Value),
+    timeout: Duration,
+    reconnects: &mut u64,
+) -> Result<Response, ClientError> {
     let mut tries = 0;
     loop {
-        match conn.request(req) {
+        match conn.request(req.0, &req.1) {
             Err(ClientError::Closed { .. } | ClientError::Io { .. }) if tries < 3 => {
                 tries += 1;
                 *reconnects += 1;
-                *conn = Connection::connect(server, timeout)?;
+                *conn = Client::connect(server, timeout)?;
             }
             other => return other,
         }
@@ -357,29 +372,29 @@ fn bench(server: &str, b: &BenchArgs, timeout: Duration, as_json: bool) -> Resul
     let started = Instant::now();
     let mut threads = Vec::new();
     for i in 0..b.connections.max(1) {
-        let mut conn = Connection::connect(server, timeout)?;
+        let mut conn = Client::connect(server, timeout)?;
         let (stop, tally, failure) = (stop.clone(), tally.clone(), failure.clone());
         let files: Vec<String> = (0..b.images.max(1)).map(|k| b.files[(i + k) % b.files.len().max(1)].clone()).collect();
         let server = server.to_string();
         threads.push(std::thread::spawn(move || {
-            let req = request(0x01, json!(files));
+            let req = (0x01, json!(files));
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let mut reconnects = 0;
                 let result = request_resending(&mut conn, &server, &req, timeout, &mut reconnects);
-                tally.lock().unwrap_or_else(|p| p.into_inner()).reconnects += reconnects;
+                lock(&tally).reconnects += reconnects;
                 match result {
                     Ok(answer) => {
-                        let e = entries(&answer);
-                        let errors = e.iter().filter(|x| x["error_code"] != 0).count() as u64;
-                        let mut t_ = tally.lock().unwrap_or_else(|p| p.into_inner());
+                        let e = &answer.response_data;
+                        let errors = e.iter().filter(|x| !x.is_ok()).count() as u64;
+                        let mut t_ = lock(&tally);
                         t_.requests += 1;
                         t_.images += e.len() as u64;
                         t_.image_errors += errors;
                         t_.latencies.push(t.elapsed());
                     }
                     Err(err) => {
-                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                        *lock(&failure) = Some(err);
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
@@ -388,13 +403,13 @@ fn bench(server: &str, b: &BenchArgs, timeout: Duration, as_json: bool) -> Resul
     }
     let probe = (b.probe_ms > 0).then(|| {
         let (stop, every) = (stop.clone(), Duration::from_millis(b.probe_ms));
-        let conn = Connection::connect(server, timeout);
+        let conn = Client::connect(server, timeout);
         std::thread::spawn(move || {
             let mut lat = Vec::new();
             let Ok(mut conn) = conn else { return lat };
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                if conn.request(&request(0x22, Value::Null)).is_err() {
+                if conn.request(0x22, &Value::Null).is_err() {
                     break;
                 }
                 lat.push(t.elapsed());
@@ -416,10 +431,10 @@ fn bench(server: &str, b: &BenchArgs, timeout: Duration, as_json: bool) -> Resul
     let wall = started.elapsed().as_secs_f64();
     let mut probe_lat = probe.and_then(|p| p.join().ok()).unwrap_or_default();
     probe_lat.sort();
-    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+    if let Some(e) = lock(&failure).take() {
         return Err(e);
     }
-    let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut t = std::mem::take(&mut *lock(&tally));
     t.latencies.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (p50, p99, max) = (percentile(&t.latencies, 0.5), percentile(&t.latencies, 0.99), t.latencies.last().copied().unwrap_or_default());
@@ -437,7 +452,13 @@ fn bench(server: &str, b: &BenchArgs, timeout: Duration, as_json: bool) -> Resul
         );
     } else {
         println!("{} connection(s) x {} image(s) per request for {wall:.1} s against {server}", b.connections, b.images);
-        println!("  {:.1} images/s ({} images in {} requests, {} with an error)", t.images as f64 / wall, t.images, t.requests, t.image_errors);
+        println!(
+            "  {:.1} images/s ({} images in {} requests, {} with an error)",
+            t.images as f64 / wall,
+            t.images,
+            t.requests,
+            t.image_errors
+        );
         if t.reconnects > 0 {
             println!("  {} request(s) resent on a new connection after a server closed one", t.reconnects);
         }

@@ -8,8 +8,8 @@
 //! class -1 with pears 0 is an image without fruit; class >= 0 has a main fruit.
 
 use clap::Parser;
-use pear_server::decode::decode_image;
-use pear_server::model::pipeline::Pipeline;
+use pear_model::decode::decode_image;
+use pear_model::pipeline::Pipeline;
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -1,12 +1,15 @@
 //! 0x30: change the image folder, only to an existing folder inside `images.allowed_roots`.
 
-use super::{change_dir, management, Command, Conn};
-use crate::protocol::{one_string, Entry, InvalidRequest, Request};
+use super::{change_dir, management, Command, Conn, Spec};
+use pear_protocol::{one_string, Entry, InvalidRequest, Request};
 
-fn handle(path: &str, conn: &Conn) -> Vec<Entry> {
-    change_dir(conn, "image", path, &conn.shared.image_roots(), |d| conn.shared.set_image_dir(d))
+pub(super) const COMMAND: Spec = Spec { code: 0x30, parse };
+
+fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    management(req, one_string(req, "a folder path")?, |path, conn| handle(path, conn))
 }
 
-pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
-    management(0x30, one_string(req, "a folder path")?, |path, conn| handle(path, conn))
+fn handle(path: &str, conn: &Conn) -> Vec<Entry> {
+    let images = &conn.state.images;
+    change_dir(conn, "image", path, images.roots(), |d| images.set_dir(d))
 }

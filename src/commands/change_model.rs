@@ -2,26 +2,32 @@
 //! the switch; images already queued finish on the model they were queued with;
 //! on any failure the previous model stays active.
 
-use super::{management, model_file, Command, Conn};
-use crate::protocol::{one_string, Entry, ErrorCode, InvalidRequest, Request};
-use crate::state::ActiveModel;
+use super::{management, Command, Conn, Spec};
+use crate::models::ActiveModel;
+use pear_protocol::{one_string, Entry, ErrorCode, InvalidRequest, Request};
 use std::sync::Arc;
 
+pub(super) const COMMAND: Spec = Spec { code: 0x26, parse };
+
+fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    management(req, one_string(req, "a model file name")?, |name, conn| handle(name, conn))
+}
+
 fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
-    let shared = conn.shared;
-    let _guard = shared.model_ops.lock().unwrap_or_else(|p| p.into_inner());
-    let path = match model_file(shared, name) {
+    let models = &conn.state.models;
+    let _guard = models.lock_ops();
+    let path = match models.file(name) {
         Ok(p) => p,
         Err(e) => {
             log::warn!("{}: 0x26 {name}: {e}", conn.peer);
             return vec![Entry::failed(Some(name.to_string()), ErrorCode::ResourceNotFound, e.to_string())];
         }
     };
-    match shared.load_pipeline(&path) {
+    match models.load(&path) {
         Ok(p) => {
             let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_string());
             log::info!("{}: active model is now {file}", conn.peer);
-            shared.set_model(ActiveModel { name: file.clone(), path, pipeline: Arc::new(p) });
+            models.set_active(ActiveModel { name: file.clone(), path, pipeline: Arc::new(p) });
             vec![Entry::ok(Some(file))]
         }
         Err(e) => {
@@ -29,8 +35,4 @@ fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
             vec![Entry::failed(Some(name.to_string()), ErrorCode::ResourceNotFound, format!("cannot load '{name}': {e}"))]
         }
     }
-}
-
-pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
-    management(0x26, one_string(req, "a model file name")?, |name, conn| handle(name, conn))
 }

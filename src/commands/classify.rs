@@ -3,17 +3,19 @@
 //! Paths are checked here (refused: error_code 1, missing: 2) so workers only
 //! see files inside the folder; the rest become jobs on the shared pool.
 
-use super::{Command, Conn, Reply};
+use super::{AnsweredImage, Answer, Command, Conn, Reply, Spec};
 use crate::inference::{Batch, Outcome};
 use crate::paths::{resolve_file, PathError};
-use crate::protocol::{invalid, string_list, Entry, ErrorCode, Extended, InvalidRequest, Request, Response, IMAGE_EXTENSIONS};
+use pear_protocol::{invalid, string_list, Entry, ErrorCode, Extended, InvalidRequest, Request, Response, IMAGE_EXTENSIONS};
 use std::time::Duration;
+
+pub(super) const COMMAND: Spec = Spec { code: 0x01, parse };
 
 struct Classify {
     files: Vec<String>,
 }
 
-pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
     let files = string_list(req)?;
     if files.is_empty() {
         return Err(invalid("command 0x01 needs a non-empty list of image file names"));
@@ -29,39 +31,36 @@ pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
 
 impl Command for Classify {
     fn apply(self: Box<Self>, conn: &Conn) -> Reply {
-        handle(self.files, conn)
-    }
-}
-
-fn handle(files: Vec<String>, conn: &Conn) -> Reply {
-    let shared = conn.shared;
-    let max = shared.pool.per_connection();
-    if files.len() > max {
-        return Reply::Ready(Response::error(
-            ErrorCode::InvalidMessage,
-            format!("command 0x01 takes at most {max} files per request (inference.max_queued_per_connection), got {}", files.len()),
-        ));
-    }
-    let dir = shared.image_dir();
-    let paths = files
-        .iter()
-        .map(|f| {
-            resolve_file(&dir, f).map_err(|e| match e {
-                PathError::Refused(m) => Outcome::Refused(m),
-                PathError::NotFound(m) => Outcome::Unreadable(m),
+        let state = conn.state;
+        let max = state.pool.per_connection();
+        if self.files.len() > max {
+            return Reply::Ready(Response::error(
+                ErrorCode::InvalidMessage,
+                format!("command 0x01 takes at most {max} files per request (inference.max_queued_per_connection), got {}", self.files.len()),
+            ));
+        }
+        let dir = state.images.dir();
+        let paths = self
+            .files
+            .iter()
+            .map(|f| {
+                resolve_file(&dir, f).map_err(|e| match e {
+                    PathError::Refused(m) => Outcome::Refused(m),
+                    PathError::NotFound(m) => Outcome::Unreadable(m),
+                })
             })
-        })
-        .collect();
-    let model = shared.model();
-    let timeout = Duration::from_secs(shared.config.inference.request_timeout_secs);
-    let batch = Batch::submit(files, paths, model.pipeline.clone(), &shared.pool, conn.cancel, timeout);
-    log::debug!("{}: 0x01 queued {} of {} image(s)", conn.peer, batch.queued(), batch.files.len());
-    shared.metrics.images_in_flight.inc_by(batch.queued() as i64);
-    Reply::Batch { batch, extended: shared.config.protocol.extended_results }
+            .collect();
+        let model = state.models.active();
+        let timeout = Duration::from_secs(state.config.inference.request_timeout_secs);
+        let batch = Batch::submit(self.files, paths, model.pipeline.clone(), &state.pool, conn.cancel, timeout);
+        log::debug!("{}: 0x01 queued {} of {} image(s)", conn.peer, batch.queued(), batch.files.len());
+        Reply::Batch { batch, extended: state.config.protocol.extended_results }
+    }
 }
 
-/// The 0x02 response for finished outcomes, in request order.
-pub fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool) -> Response {
+/// The 0x02 answer for finished outcomes, in request order.
+pub(super) fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool) -> Answer {
+    let mut images = Vec::with_capacity(files.len());
     let entries = files
         .into_iter()
         .zip(outcomes)
@@ -85,6 +84,7 @@ pub fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool) -> Re
                 Outcome::Busy(why) => (None, ErrorCode::Timeout, Some(why.message().into()), None),
                 Outcome::ShuttingDown => (None, ErrorCode::Timeout, Some("server shutting down (server.drain_timeout_secs passed)".into()), None),
             };
+            images.push(AnsweredImage { file: file.clone(), error_code: code, result });
             let mut e = Entry::new(Some(file), result, code);
             if extended {
                 e.message = message;
@@ -93,5 +93,5 @@ pub fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool) -> Re
             e
         })
         .collect();
-    Response::new(0x02, entries)
+    Answer { response: Response::new(0x02, entries), images }
 }

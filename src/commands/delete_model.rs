@@ -1,19 +1,25 @@
 //! 0x28: delete a model file; the active model cannot be deleted.
 
-use super::{management, model_file, Command, Conn};
-use crate::protocol::{one_string, Entry, ErrorCode, InvalidRequest, Request};
+use super::{management, Command, Conn, Spec};
 use crate::paths::PathError;
+use pear_protocol::{one_string, Entry, ErrorCode, InvalidRequest, Request};
+
+pub(super) const COMMAND: Spec = Spec { code: 0x28, parse };
+
+fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    management(req, one_string(req, "a model file name")?, |name, conn| handle(name, conn))
+}
 
 fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
-    let shared = conn.shared;
-    let _guard = shared.model_ops.lock().unwrap_or_else(|p| p.into_inner());
+    let models = &conn.state.models;
+    let _guard = models.lock_ops();
     let file = Some(name.to_string());
-    let path = match model_file(shared, name) {
+    let path = match models.file(name) {
         Ok(p) => p,
         Err(e @ PathError::Refused(_)) => return vec![Entry::failed(file, ErrorCode::InvalidMessage, e.to_string())],
         Err(e @ PathError::NotFound(_)) => return vec![Entry::failed(file, ErrorCode::ResourceNotFound, e.to_string())],
     };
-    let active = shared.model();
+    let active = models.active();
     let same = match (path.canonicalize(), active.path.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -32,8 +38,4 @@ fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
             vec![Entry::failed(file, ErrorCode::ResourceNotFound, format!("cannot delete '{name}': {e}"))]
         }
     }
-}
-
-pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
-    management(0x28, one_string(req, "a model file name")?, |name, conn| handle(name, conn))
 }

@@ -9,25 +9,88 @@
 //! included (each hop is checked before it is requested); credentials and
 //! query strings never reach the log; one download runs at a time.
 
-use super::{management, Command, Conn};
-use crate::protocol::{invalid, one_string, Entry, ErrorCode, InvalidRequest, Request};
+use super::{management, Command, Conn, Spec};
 use crate::config::ModelSection;
 use crate::paths::check_model_name;
-use crate::state::Shared;
+use crate::state::State;
+use crate::sync::lock;
+use pear_protocol::{invalid, one_string, Entry, ErrorCode, InvalidRequest, Request};
+use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, TryLockError};
 use std::time::Duration;
+
+pub(super) const COMMAND: Spec = Spec { code: 0x20, parse };
 
 static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
 
+/// The download state: one download at a time, and the temporary files of
+/// the one in progress, removed if the server exits mid-download.
+#[derive(Default)]
+pub struct Downloads {
+    one: Mutex<()>,
+    partial: Mutex<HashSet<PathBuf>>,
+}
+
+impl Downloads {
+    /// Removes the temporary files of downloads still running (exit path).
+    pub fn remove_partial(&self) {
+        for p in lock(&self.partial).drain() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Removes the temporary files a killed server left in `dir` (start path).
+    pub fn remove_stale(dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".download-") && name.ends_with(".part") {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => log::info!("removed {} left by an interrupted download", e.path().display()),
+                    Err(err) => log::warn!("cannot remove {}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
+}
+
+/// A URL cut into the parts this file needs, once: `scheme://[credentials@]host[:port]/path?query#fragment`.
+struct Url<'a> {
+    scheme: &'a str,
+    /// host[:port] with the credentials, as written.
+    authority: &'a str,
+    credentials: Option<&'a str>,
+    /// host[:port] alone.
+    host: &'a str,
+    /// From the `/` after the authority up to `?` or `#`; may be empty.
+    path: &'a str,
+    /// Whether a query or fragment followed (tokens live there).
+    has_query: bool,
+}
+
+impl<'a> Url<'a> {
+    fn parse(url: &'a str) -> Url<'a> {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (credentials, host) = match authority.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, authority),
+        };
+        let path_end = tail.find(['?', '#']).unwrap_or(tail.len());
+        Url { scheme, authority, credentials, host, path: &tail[..path_end], has_query: path_end < tail.len() }
+    }
+}
+
 /// The file name a URL's last path segment gives, if it is a plain bundle name.
 pub fn file_name_from_url(url: &str) -> Result<String, String> {
-    let no_query = url.split(['?', '#']).next().unwrap_or("");
-    let after_scheme = no_query.split_once("://").map(|(_, r)| r).unwrap_or(no_query);
-    let name = after_scheme.split_once('/').map(|(_, p)| p.rsplit('/').next().unwrap_or("")).unwrap_or("");
+    let name = Url::parse(url).path.rsplit('/').next().unwrap_or("");
     if name.is_empty() {
-        return Err(format!("URL '{url}' does not end with a file name"));
+        return Err(format!("URL '{}' does not end with a file name", redact(url)));
     }
     check_model_name(name).map_err(|e| e.to_string())?;
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
@@ -41,35 +104,23 @@ pub fn file_name_from_url(url: &str) -> Result<String, String> {
 
 /// The URL with its credentials and query (tokens) hidden, for logs and answers.
 pub fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, String::new()));
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => authority.to_string(),
-    };
-    let path = match path.split_once('?') {
-        Some((p, _)) => format!("{p}?***"),
-        None => path,
-    };
-    if scheme.is_empty() {
-        format!("{authority}{path}")
-    } else {
-        format!("{scheme}://{authority}{path}")
-    }
+    let u = Url::parse(url);
+    let scheme = if u.scheme.is_empty() { String::new() } else { format!("{}://", u.scheme) };
+    let credentials = if u.credentials.is_some() { "***@" } else { "" };
+    let query = if u.has_query { "?***" } else { "" };
+    format!("{scheme}{credentials}{}{}{query}", u.host, u.path)
 }
 
 /// host[:port] of an http(s) URL, lower-cased, without credentials.
 fn host_of(url: &str) -> Result<String, String> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("'{}' is not an http:// or https:// URL", redact(url)))?;
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+    let u = Url::parse(url);
+    if !u.scheme.eq_ignore_ascii_case("http") && !u.scheme.eq_ignore_ascii_case("https") {
         return Err(format!("'{}' is not an http:// or https:// URL", redact(url)));
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
-    if host.is_empty() {
+    if u.host.is_empty() {
         return Err(format!("'{}' has no host", redact(url)));
     }
-    Ok(host.to_ascii_lowercase())
+    Ok(u.host.to_ascii_lowercase())
 }
 
 /// An entry of `model.download_allowed_hosts` allows a host on any port, or
@@ -93,21 +144,21 @@ fn check_host(url: &str, allowed: &[String]) -> Result<(), String> {
 /// listed so a server exiting mid-download removes it too.
 struct TempFile<'a> {
     path: Option<PathBuf>,
-    shared: &'a Shared,
+    downloads: &'a Downloads,
 }
 
 impl<'a> TempFile<'a> {
     /// Creates the (empty) file and lists it.
-    fn create(path: PathBuf, shared: &'a Shared) -> Result<(Self, std::fs::File), String> {
+    fn create(path: PathBuf, downloads: &'a Downloads) -> Result<(Self, std::fs::File), String> {
         let file = std::fs::File::create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        shared.partial_downloads.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone());
-        Ok((TempFile { path: Some(path), shared }, file))
+        lock(&downloads.partial).insert(path.clone());
+        Ok((TempFile { path: Some(path), downloads }, file))
     }
 
     /// The file was renamed into place: nothing to clean up.
     fn keep(&mut self) {
         if let Some(p) = self.path.take() {
-            self.shared.partial_downloads.lock().unwrap_or_else(|p| p.into_inner()).remove(&p);
+            lock(&self.downloads.partial).remove(&p);
         }
     }
 }
@@ -116,7 +167,7 @@ impl Drop for TempFile<'_> {
     fn drop(&mut self) {
         if let Some(p) = self.path.take() {
             let _ = std::fs::remove_file(&p);
-            self.shared.partial_downloads.lock().unwrap_or_else(|p| p.into_inner()).remove(&p);
+            lock(&self.downloads.partial).remove(&p);
         }
     }
 }
@@ -141,9 +192,8 @@ fn get(agent: &ureq::Agent, url: &str, allowed: &[String]) -> Result<ureq::http:
         url = if location.contains("://") {
             location.to_string()
         } else if location.starts_with('/') {
-            let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
-            let authority = rest.split('/').next().unwrap_or("");
-            format!("{scheme}://{authority}{location}")
+            let u = Url::parse(&url);
+            format!("{}://{}{location}", u.scheme, u.authority)
         } else {
             return Err(format!("{} redirects to an unsupported location '{location}'", redact(&url)));
         };
@@ -180,13 +230,14 @@ fn fetch(url: &str, mut file: std::fs::File, cfg: &ModelSection) -> Result<u64, 
 }
 
 fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
-    let shared = conn.shared;
+    let state: &State = conn.state;
+    let models = &state.models;
     let shown = redact(url);
     let refuse = |name: Option<String>, code, message: String| {
         log::warn!("{}: 0x20 {shown}: {message}", conn.peer);
         vec![Entry::failed(name, code, message)]
     };
-    let cfg = &shared.config.model;
+    let cfg = &state.config.model;
     if cfg.download_allowed_hosts.is_empty() {
         return refuse(None, ErrorCode::InvalidMessage, "downloads are off: model.download_allowed_hosts is empty".into());
     }
@@ -195,34 +246,34 @@ fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
         Err(e) => return refuse(None, ErrorCode::InvalidMessage, e),
     };
     // One at a time; a panic in an earlier download (poisoned lock) does not block later ones.
-    let _one = match shared.download.try_lock() {
+    let _one = match state.downloads.one.try_lock() {
         Ok(g) => g,
-        Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(std::sync::TryLockError::WouldBlock) => {
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => {
             return refuse(Some(name), ErrorCode::Timeout, "another download is in progress; try again when it ends".into());
         }
     };
-    let dir = shared.model_dir();
+    let dir = models.dir();
     let final_path = dir.join(&name);
     let tmp_path = dir.join(format!(".download-{}-{}.part", std::process::id(), DOWNLOADS.fetch_add(1, Ordering::Relaxed)));
-    let (mut tmp, file) = match TempFile::create(tmp_path.clone(), shared) {
+    let (mut tmp, file) = match TempFile::create(tmp_path.clone(), &state.downloads) {
         Ok(t) => t,
         Err(e) => return refuse(Some(name), ErrorCode::ResourceNotFound, e),
     };
     let result = fetch(url, file, cfg)
-        .and_then(|bytes| shared.load_pipeline(&tmp_path).map(|_| bytes).map_err(|e| format!("downloaded file is not a valid model: {e}")))
+        .and_then(|bytes| models.load(&tmp_path).map(|_| bytes).map_err(|e| format!("downloaded file is not a valid model: {e}")))
         .and_then(|bytes| {
-            let _guard = shared.model_ops.lock().unwrap_or_else(|p| p.into_inner());
-            if shared.model_dir() != dir {
+            let _guard = models.lock_ops();
+            if models.dir() != dir {
                 return Err("the model folder changed (0x34) during the download; not saved".to_string());
             }
-            if shared.model().path == final_path {
+            if models.active().path == final_path {
                 return Err(format!("'{name}' is the active model; switch to another model before replacing it"));
             }
             std::fs::rename(&tmp_path, &final_path).map_err(|e| format!("cannot move model into place: {e}"))?;
             Ok(bytes)
         });
-    shared.metrics.download(result.is_ok());
+    state.metrics.download(result.is_ok());
     match result {
         Ok(bytes) => {
             tmp.keep();
@@ -233,13 +284,13 @@ fn handle(url: &str, conn: &Conn) -> Vec<Entry> {
     }
 }
 
-pub(super) fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
     let url = one_string(req, "a URL")?;
     let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err(invalid(format!("command 0x20 needs an http:// or https:// URL, got '{}'", redact(&url))));
     }
-    management(0x20, url, |url, conn| handle(url, conn))
+    management(req, url, |url, conn| handle(url, conn))
 }
 
 #[cfg(test)]
@@ -270,5 +321,6 @@ mod tests {
         assert!(file_name_from_url("http://h/").is_err());
         assert!(file_name_from_url("http://h/best.pt").is_err());
         assert!(file_name_from_url("http://h/.hidden.safetensors").is_err());
+        assert!(file_name_from_url("http://h?x=/m.safetensors").is_err(), "a query is not a path");
     }
 }

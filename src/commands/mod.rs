@@ -1,107 +1,126 @@
-//! One file per protocol command, and the table that maps codes to them.
+//! One file per protocol command, and the list that names them.
 //!
-//! Each command file parses its own `request_data` (`parse`, pure, so it is
-//! fuzzed with the framer) into a value that implements `Command`, whose
-//! `apply` runs it against the shared state and gives a `Reply`: a finished
-//! response, or (0x01) a batch whose images are being inferred, which the
-//! connection's writer finishes in order. A new command is one new file and
-//! one line in `COMMANDS`.
-
-mod change_image_dir;
-mod change_model;
-mod change_model_dir;
-mod classify;
-mod current_image_dir;
-mod current_model;
-mod delete_model;
-pub mod download_model;
-mod list_models;
-mod stop;
+//! Each command file declares its `COMMAND`: its request code (written there
+//! and nowhere else) and its `parse`, which checks its own `request_data`
+//! (pure, so it is fuzzed with the framer) into a value that implements
+//! [`Command`]. `apply` runs it against the shared state and gives a
+//! [`Reply`]: a finished response, or (0x01) a batch whose images are being
+//! inferred. [`Reply::finish`] turns either into an [`Answer`]: the response
+//! and the facts about it, which is all the connection's writer and the
+//! metrics need. A new command is one new file and one line in `commands!`.
 
 use crate::inference::{Batch, CancelRegistry};
-use crate::paths::{check_model_name, resolve_dir, PathError};
-use crate::protocol::{invalid, Entry, ErrorCode, InvalidRequest, Request, Response};
-use crate::state::Shared;
+use crate::paths::{resolve_dir, PathError};
+use crate::state::State;
+use pear_protocol::{invalid, Entry, ErrorCode, InvalidRequest, Request, Response};
 use std::path::PathBuf;
+
+/// Declares the command modules and the table of their `COMMAND`s.
+macro_rules! commands {
+    ($($module:ident),* $(,)?) => {
+        $(mod $module;)*
+        const COMMANDS: &[Spec] = &[$($module::COMMAND),*];
+    };
+}
+
+commands! {
+    classify,
+    stop,
+    download_model,
+    current_model,
+    list_models,
+    change_model,
+    delete_model,
+    change_image_dir,
+    current_image_dir,
+    change_model_dir,
+}
+
+pub use download_model::Downloads;
 
 /// A parsed request, ready to run.
 pub trait Command: Send {
     fn apply(self: Box<Self>, conn: &Conn) -> Reply;
 }
 
-type Parser = fn(&Request) -> Result<Box<dyn Command>, InvalidRequest>;
+/// A command's request code and the parser of its file.
+pub(crate) struct Spec {
+    code: u8,
+    parse: fn(&Request) -> Result<Box<dyn Command>, InvalidRequest>,
+}
+
+/// The command a request names, with its arguments checked.
+pub fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
+    match COMMANDS.iter().find(|c| u64::from(c.code) == req.code) {
+        Some(c) => (c.parse)(req),
+        None => Err(invalid(format!("unknown command {}", req.name()))),
+    }
+}
 
 /// A management command (all but 0x01): its parsed argument and the function
-/// that answers it with entries; the response code is the request's + 1.
+/// that answers it with entries; the answer's code is the request's + 1.
 struct Management<A> {
-    code: u8,
+    answer_code: u8,
     arg: A,
     run: fn(&A, &Conn) -> Vec<Entry>,
 }
 
 impl<A: Send> Command for Management<A> {
     fn apply(self: Box<Self>, conn: &Conn) -> Reply {
-        Reply::answer(self.code, (self.run)(&self.arg, conn))
+        Reply::Ready(Response::new(self.answer_code, (self.run)(&self.arg, conn)))
     }
 }
 
-/// What a management command's `parse` returns.
-fn management<A: Send + 'static>(code: u8, arg: A, run: fn(&A, &Conn) -> Vec<Entry>) -> Result<Box<dyn Command>, InvalidRequest> {
-    Ok(Box::new(Management { code, arg, run }))
-}
-
-/// Request code and the parser of its command file.
-const COMMANDS: &[(u8, Parser)] = &[
-    (0x01, classify::parse),
-    (0x03, stop::parse),
-    (0x20, download_model::parse),
-    (0x22, current_model::parse),
-    (0x24, list_models::parse),
-    (0x26, change_model::parse),
-    (0x28, delete_model::parse),
-    (0x30, change_image_dir::parse),
-    (0x32, current_image_dir::parse),
-    (0x34, change_model_dir::parse),
-];
-
-/// The command a request names, with its arguments checked.
-pub fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
-    match COMMANDS.iter().find(|(code, _)| u64::from(*code) == req.code) {
-        Some((_, parse)) => parse(req),
-        None => Err(invalid(format!("unknown command {}", req.name()))),
-    }
+/// What a management command's `parse` returns for request `req`.
+fn management<A: Send + 'static>(req: &Request, arg: A, run: fn(&A, &Conn) -> Vec<Entry>) -> Result<Box<dyn Command>, InvalidRequest> {
+    // Only codes of the table reach a parser, and they are all below 0xff.
+    let answer_code = u8::try_from(req.code + 1).map_err(|_| invalid(format!("unknown command {}", req.name())))?;
+    Ok(Box::new(Management { answer_code, arg, run }))
 }
 
 /// What a command gives back to the connection.
 pub enum Reply {
     Ready(Response),
     /// A 0x01 in flight; `extended` adds the optional result fields.
-    Batch { batch: Batch, extended: bool },
+    Batch {
+        batch: Batch,
+        extended: bool,
+    },
+}
+
+/// One 0x01 image as it was answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnsweredImage {
+    pub file: String,
+    pub error_code: ErrorCode,
+    /// The `result` the client got.
+    pub result: Option<i64>,
+}
+
+/// A finished reply: the response to write and what it says, so nothing
+/// downstream has to read the response again.
+#[derive(Debug)]
+pub struct Answer {
+    pub response: Response,
+    /// The images a 0x01 answered, in order (empty for other commands).
+    pub images: Vec<AnsweredImage>,
+}
+
+impl Answer {
+    /// Every entry answered error_code 0.
+    pub fn ok(&self) -> bool {
+        self.response.cmd.is_some() && self.response.response_data.iter().all(Entry::is_ok)
+    }
 }
 
 impl Reply {
-    /// The answer to request `code`: response code `code + 1`.
-    pub fn answer(code: u8, entries: Vec<Entry>) -> Reply {
-        Reply::Ready(Response::new(code + 1, entries))
-    }
-
-    /// Images this reply put into the queue (they are in flight until it is written).
-    pub fn accepted_images(&self) -> usize {
+    /// The answer to write, waiting for a batch's images if needed.
+    pub fn finish(self) -> Answer {
         match self {
-            Reply::Ready(_) => 0,
-            Reply::Batch { batch, .. } => batch.queued(),
-        }
-    }
-
-    /// The response to write, waiting for a batch's images if needed, and a
-    /// detail for the log line.
-    pub fn finish(self) -> (Response, String) {
-        match self {
-            Reply::Ready(r) => (r, String::new()),
+            Reply::Ready(response) => Answer { response, images: Vec::new() },
             Reply::Batch { batch, extended } => {
                 let (files, outcomes) = batch.wait();
-                let detail = format!(" files={}", files.len());
-                (classify::respond(files, outcomes, extended), detail)
+                classify::respond(files, outcomes, extended)
             }
         }
     }
@@ -109,33 +128,14 @@ impl Reply {
 
 /// The connection a command arrived on.
 pub struct Conn<'a> {
-    pub shared: &'a Shared,
+    pub state: &'a State,
     pub cancel: &'a CancelRegistry,
     pub peer: &'a str,
 }
 
-/// A model file in the current model folder. A name of the original's
-/// PyTorch weights (`best.pt`, `x.pth`) resolves to its converted bundle
-/// (`best.safetensors`) when only that exists.
-pub(crate) fn model_file(shared: &Shared, name: &str) -> Result<PathBuf, PathError> {
-    check_model_name(name)?;
-    let dir = shared.model_dir();
-    let direct = dir.join(name);
-    if direct.is_file() {
-        return Ok(direct);
-    }
-    if let Some(stem) = name.strip_suffix(".pt").or_else(|| name.strip_suffix(".pth")) {
-        let bundle = dir.join(format!("{stem}.safetensors"));
-        if bundle.is_file() {
-            return Ok(bundle);
-        }
-    }
-    Err(PathError::NotFound(format!("model '{name}' not found in {}", dir.display())))
-}
-
 /// 0x30 and 0x34: move a folder to an existing directory inside `roots`;
 /// outside the roots answers error_code 1, a missing folder 2.
-pub(crate) fn change_dir(conn: &Conn, what: &str, path: &str, roots: &[PathBuf], apply: impl FnOnce(PathBuf)) -> Vec<Entry> {
+fn change_dir(conn: &Conn, what: &str, path: &str, roots: &[PathBuf], apply: impl FnOnce(PathBuf)) -> Vec<Entry> {
     match resolve_dir(roots, path) {
         Ok(dir) => {
             log::info!("{}: {what} folder is now {}", conn.peer, dir.display());
@@ -153,7 +153,7 @@ pub(crate) fn change_dir(conn: &Conn, what: &str, path: &str, roots: &[PathBuf],
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::parse_request;
+    use pear_protocol::parse_request;
 
     fn check(text: &str) -> Result<(), String> {
         parse(&parse_request(text.as_bytes()).map_err(|e| e.0)?).map(|_| ()).map_err(|e| e.0)
@@ -161,10 +161,11 @@ mod tests {
 
     #[test]
     fn every_code_has_one_command() {
-        let mut codes: Vec<u8> = COMMANDS.iter().map(|(c, _)| *c).collect();
+        let mut codes: Vec<u8> = COMMANDS.iter().map(|c| c.code).collect();
+        codes.sort_unstable();
         codes.dedup();
-        assert_eq!(codes.len(), 10);
-        assert!(codes.iter().all(|c| c % 2 == 1 || *c >= 0x20 && c % 2 == 0));
+        assert_eq!(codes.len(), COMMANDS.len(), "a code is in the table twice");
+        assert_eq!(codes, [0x01, 0x03, 0x20, 0x22, 0x24, 0x26, 0x28, 0x30, 0x32, 0x34]);
     }
 
     #[test]

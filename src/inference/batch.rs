@@ -1,7 +1,11 @@
 //! One 0x01 request in flight: its jobs, their outcomes, and its cancellation.
+//! The in-flight gauge is kept here alone: raised when a batch's images are
+//! queued, lowered by a guard when the batch is finished (or dropped).
 
 use super::pool::{Inspector, Job, JobState, Outcome, Pool};
+use crate::sync::lock;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use prometheus_client::metrics::gauge::Gauge;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +26,7 @@ impl CancelRegistry {
     }
 
     fn add(&self, state: Arc<JobState>, index: usize, reply: Sender<(usize, Outcome)>) {
-        let mut v = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = lock(&self.jobs);
         v.retain(|(s, ..)| s.is_queued());
         v.push((state, index, reply));
     }
@@ -30,7 +34,7 @@ impl CancelRegistry {
     /// Cancels every job of this connection that has not started, answering
     /// each as cancelled, and frees their places in the queue; returns how many.
     pub fn cancel_all(&self, pool: &Pool) -> usize {
-        let jobs: Vec<Queued> = std::mem::take(&mut *self.jobs.lock().unwrap_or_else(|p| p.into_inner()));
+        let jobs: Vec<Queued> = std::mem::take(&mut *lock(&self.jobs));
         let mut n = 0;
         for (state, index, reply) in jobs {
             if state.cancel() {
@@ -43,6 +47,18 @@ impl CancelRegistry {
     }
 }
 
+/// Images counted in `pear_images_in_flight` until this is dropped.
+struct InFlight {
+    gauge: Gauge,
+    images: i64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.images);
+    }
+}
+
 /// The outcomes of one request's images, filled in as workers finish.
 pub struct Batch {
     pub files: Vec<String>,
@@ -50,6 +66,7 @@ pub struct Batch {
     states: Vec<Option<Arc<JobState>>>,
     rx: Receiver<(usize, Outcome)>,
     timeout: Duration,
+    _in_flight: InFlight,
 }
 
 impl Batch {
@@ -97,7 +114,10 @@ impl Batch {
                 }
             }
         }
-        Batch { files, outcomes, states, rx, timeout }
+        let images = states.iter().filter(|s| s.is_some()).count() as i64;
+        let gauge = pool.metrics().images_in_flight.clone();
+        gauge.inc_by(images);
+        Batch { files, outcomes, states, rx, timeout, _in_flight: InFlight { gauge, images } }
     }
 
     /// Images of this batch that went into the queue.
@@ -109,24 +129,24 @@ impl Batch {
     /// it restarts whenever one of this batch's images is answered, so an
     /// accepted batch is served to its end however long it is, while a stuck
     /// one (a hung worker, a queue that never moves) times out.
-    pub fn wait(mut self) -> (Vec<String>, Vec<Outcome>) {
-        let mut deadline = Instant::now() + self.timeout;
-        while self.outcomes.iter().any(Option::is_none) {
+    pub fn wait(self) -> (Vec<String>, Vec<Outcome>) {
+        let Batch { files, mut outcomes, states, rx, timeout, _in_flight } = self;
+        let mut deadline = Instant::now() + timeout;
+        while outcomes.iter().any(Option::is_none) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
+            match rx.recv_timeout(left) {
                 Ok((i, o)) => {
-                    if let Some(slot) = self.outcomes.get_mut(i) {
+                    if let Some(slot) = outcomes.get_mut(i) {
                         slot.get_or_insert(o);
                     }
-                    deadline = Instant::now() + self.timeout;
+                    deadline = Instant::now() + timeout;
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let outcomes = self
-            .outcomes
+        let outcomes = outcomes
             .into_iter()
-            .zip(self.states)
+            .zip(states)
             .map(|(o, s)| {
                 o.unwrap_or_else(|| {
                     if let Some(s) = s {
@@ -136,7 +156,7 @@ impl Batch {
                 })
             })
             .collect();
-        (self.files, outcomes)
+        (files, outcomes)
     }
 }
 
@@ -145,8 +165,9 @@ mod tests {
     use super::*;
     use crate::inference::queue::GUARANTEED;
     use crate::inference::{PoolOptions, Refusal};
-    use crate::model::pipeline::Inspection;
     use image::RgbImage;
+    use pear_model::pipeline::Inspection;
+    use std::path::Path;
 
     /// A 4x4 PNG of its own per test (tests run in parallel).
     fn png(test: &str) -> PathBuf {
@@ -176,8 +197,8 @@ mod tests {
 
     /// Submits one image and waits until the single worker has taken it
     /// (it then blocks on the gate), so what follows only queues.
-    fn occupy_worker(pool: &Pool, insp: &Arc<dyn Inspector>, reg: &CancelRegistry, p: &PathBuf) -> Batch {
-        let b = Batch::submit(files(1), vec![Ok(p.clone())], insp.clone(), pool, reg, Duration::from_secs(30));
+    fn occupy_worker(pool: &Pool, insp: &Arc<dyn Inspector>, reg: &CancelRegistry, p: &Path) -> Batch {
+        let b = Batch::submit(files(1), vec![Ok(p.to_path_buf())], insp.clone(), pool, reg, Duration::from_secs(30));
         while pool.queued() != 0 {
             std::thread::yield_now();
         }

@@ -1,18 +1,21 @@
-//! The worker pool: N threads serving the fair queue, jobs that can be cancelled.
+//! The worker pool: N threads serving the fair queue, jobs that can be
+//! cancelled. `close_and_join` stops it: the queue refuses new jobs, the
+//! workers finish what is queued and are joined.
 
 use super::annotated::AnnotatedDir;
 use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
-use crate::decode::{decode_image, DecodeError, Limits};
-use crate::model::pipeline::{Inspection, Pipeline};
 use crate::metrics::Metrics;
-use crate::server::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
+use crate::sync::lock;
 use crossbeam_channel::Sender;
 use image::RgbImage;
+use pear_model::decode::{decode_image, DecodeError, Limits};
+use pear_model::pipeline::{Inspection, Pipeline};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -99,8 +102,8 @@ impl Job {
         m.busy_workers.inc();
         // Reading and decoding are under the guard too: a panic anywhere in
         // the job answers this image and leaves the worker alive.
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.inspect_file(opts)))
-            .unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| self.inspect_file(opts))).unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
         m.inference_seconds.observe(started.elapsed().as_secs_f64());
         m.busy_workers.dec();
         if let Some(rest) = opts.min_job.checked_sub(started.elapsed()) {
@@ -114,13 +117,19 @@ impl Job {
     /// incomplete (the camera still writing it) is read again after `settle`
     /// for as long as it keeps growing, at most `SETTLE_ROUNDS` times; once it
     /// stops growing, incomplete is the answer.
-    fn read_and_decode(&self, limits: &Limits, settle: Duration) -> Result<RgbImage, String> {
+    fn read_and_decode(&self, limits: &Limits, settle: Duration, metrics: &Metrics) -> Result<RgbImage, String> {
         const SETTLE_ROUNDS: usize = 20;
         let mut bytes = read_image_file(&self.path, limits.max_file_bytes)?;
         for _ in 0..SETTLE_ROUNDS {
             match decode_image(&bytes, limits) {
                 Err(DecodeError::Incomplete(_)) if !settle.is_zero() => {
-                    log::debug!("{}: incomplete after {} bytes; waiting {} ms for the rest", self.path.display(), bytes.len(), settle.as_millis());
+                    log::debug!(
+                        "{}: incomplete after {} bytes; waiting {} ms for the rest",
+                        self.path.display(),
+                        bytes.len(),
+                        settle.as_millis()
+                    );
+                    metrics.settle_waits.inc();
                     std::thread::sleep(settle);
                     let again = read_image_file(&self.path, limits.max_file_bytes)?;
                     if again.len() == bytes.len() {
@@ -135,7 +144,7 @@ impl Job {
     }
 
     fn inspect_file(&self, opts: &PoolOptions) -> Outcome {
-        let img = match self.read_and_decode(&opts.limits, opts.settle) {
+        let img = match self.read_and_decode(&opts.limits, opts.settle, &opts.metrics) {
             Ok(img) => img,
             Err(m) => return Outcome::Unreadable(m),
         };
@@ -170,7 +179,7 @@ pub struct PoolOptions {
     /// `images.settle_ms`: an incomplete file still growing is read again after this.
     pub settle: Duration,
     /// The server's shutdown signal: once it says stop, queued jobs are answered unrun.
-    pub shutdown: Arc<Shutdown>,
+    pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     /// `[debug] annotated_dir`: where inspected images are saved with their answer drawn.
     pub annotated: Option<Arc<AnnotatedDir>>,
@@ -186,7 +195,7 @@ impl Default for PoolOptions {
             limits: Limits::default(),
             min_job: Duration::ZERO,
             settle: Duration::ZERO,
-            shutdown: Arc::default(),
+            shutdown: Shutdown::default(),
             metrics: Arc::default(),
             annotated: None,
         }
@@ -195,8 +204,10 @@ impl Default for PoolOptions {
 
 pub struct Pool {
     queue: Arc<FairQueue>,
+    next_lane: AtomicU64,
     per_connection: usize,
-    _workers: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Pool {
@@ -211,9 +222,13 @@ impl Pool {
             handles.push(std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
                 lower_priority();
                 let threads = opts.threads.max(1);
-                let serve = || supervise(i, || loop {
-                    queue.pop().run(&opts);
-                });
+                let serve = || {
+                    supervise(i, || {
+                        while let Some(job) = queue.pop() {
+                            job.run(&opts);
+                        }
+                    })
+                };
                 let own = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .use_current_thread()
@@ -229,7 +244,31 @@ impl Pool {
                 }
             })?);
         }
-        Ok(Pool { queue, per_connection: opts.per_connection, _workers: handles })
+        Ok(Pool {
+            queue,
+            next_lane: AtomicU64::new(1),
+            per_connection: opts.per_connection,
+            metrics: opts.metrics,
+            workers: Mutex::new(handles),
+        })
+    }
+
+    /// Refuses new jobs, lets the workers finish the queued ones, and joins them.
+    pub fn close_and_join(&self) {
+        self.queue.close();
+        let workers = std::mem::take(&mut *lock(&self.workers));
+        for w in workers {
+            let _ = w.join();
+        }
+    }
+
+    /// A fresh lane in the queue, for a new connection.
+    pub fn next_lane(&self) -> u64 {
+        self.next_lane.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Queues a job, or hands it back at once with the reason it was refused.
@@ -250,6 +289,13 @@ impl Pool {
     /// Images waiting now, all connections together.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+}
+
+impl Drop for Pool {
+    /// A pool dropped without `close_and_join` (unit tests) still lets its workers end.
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 

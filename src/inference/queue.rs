@@ -9,9 +9,11 @@
 //! big batches and hanging up, again and again) cannot lock out a client
 //! asking for one image. The crossbeam channel carries one token per queued
 //! job and wakes exactly one idle worker per job; the order in which jobs are
-//! served is decided here.
+//! served is decided here. Closing the queue drops the token sender: workers
+//! serve what is left, then their `pop` returns `None` and they end.
 
 use super::pool::Job;
+use crate::sync::lock;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -23,6 +25,8 @@ pub enum Refusal {
     QueueFull,
     /// This connection has `max_queued_per_connection` images waiting.
     ConnectionShare,
+    /// The pool is shutting down.
+    Closed,
 }
 
 impl Refusal {
@@ -32,6 +36,7 @@ impl Refusal {
             Refusal::ConnectionShare => {
                 "server busy: this connection already has its share of the queue waiting (inference.max_queued_per_connection)"
             }
+            Refusal::Closed => "server shutting down",
         }
     }
 }
@@ -51,7 +56,8 @@ struct Lanes {
 
 pub struct FairQueue {
     lanes: Mutex<Lanes>,
-    tokens_tx: Sender<()>,
+    /// None once closed.
+    tokens_tx: Mutex<Option<Sender<()>>>,
     tokens_rx: Receiver<()>,
     capacity: usize,
     per_connection: usize,
@@ -60,13 +66,17 @@ pub struct FairQueue {
 impl FairQueue {
     pub fn new(capacity: usize, per_connection: usize) -> FairQueue {
         let (tokens_tx, tokens_rx) = unbounded();
-        FairQueue { lanes: Mutex::default(), tokens_tx, tokens_rx, capacity: capacity.max(1), per_connection: per_connection.max(1) }
+        FairQueue {
+            lanes: Mutex::default(),
+            tokens_tx: Mutex::new(Some(tokens_tx)),
+            tokens_rx,
+            capacity: capacity.max(1),
+            per_connection: per_connection.max(1),
+        }
     }
 
     fn lanes(&self) -> MutexGuard<'_, Lanes> {
-        // A panic never happens while the lock is held; if one did, the lanes
-        // are still consistent (every mutation is a single push or pop).
-        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.lanes)
     }
 
     pub fn push(&self, job: Job) -> Result<(), (Job, Refusal)> {
@@ -81,7 +91,12 @@ impl FairQueue {
         }
         // The token goes in under the lock, so a worker holding a token always
         // finds the job once it gets the lock. (The receiver lives in `self`.)
-        let _ = self.tokens_tx.send(());
+        match lock(&self.tokens_tx).as_ref() {
+            Some(tx) => {
+                let _ = tx.send(());
+            }
+            None => return Err((job, Refusal::Closed)),
+        }
         lanes.total += 1;
         let lane = lanes.jobs.entry(conn).or_default();
         lane.push_back(job);
@@ -92,13 +107,10 @@ impl FairQueue {
     }
 
     /// Blocks until a job is queued; the next connection in turn gives one.
-    pub fn pop(&self) -> Job {
+    /// `None` once the queue is closed and empty.
+    pub fn pop(&self) -> Option<Job> {
         loop {
-            // The sender lives in `self`, so recv only fails if it was dropped,
-            // which cannot happen while `self` is borrowed.
-            if self.tokens_rx.recv().is_err() {
-                continue;
-            }
+            let closed = self.tokens_rx.recv().is_err();
             let mut lanes = self.lanes();
             // A purge may have taken this token's job; wait for the next one.
             while let Some(conn) = lanes.ring.pop_front() {
@@ -113,9 +125,17 @@ impl FairQueue {
                     lanes.ring.push_back(conn);
                 }
                 lanes.total -= 1;
-                return job;
+                return Some(job);
+            }
+            if closed {
+                return None;
             }
         }
+    }
+
+    /// Refuses new jobs; workers serve the queued ones, then `pop` ends.
+    pub fn close(&self) {
+        lock(&self.tokens_tx).take();
     }
 
     /// Removes every queued job of `conn` (already cancelled by its owner),

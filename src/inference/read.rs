@@ -12,11 +12,8 @@ use std::path::Path;
 
 /// The whole file, or why not (answered as error_code 2).
 pub fn read_image_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| format!("cannot read image: {e}"))?;
+    let mut file =
+        OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| format!("cannot read image: {e}"))?;
     let meta = file.metadata().map_err(|e| format!("cannot read image: {e}"))?;
     if !meta.is_file() {
         return Err("cannot read image: not a regular file".into());

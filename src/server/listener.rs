@@ -1,108 +1,57 @@
 //! Accepts connections; one OS thread per connection, up to `max_connections`.
 
 use super::peer::Peer;
-use super::slot::Slot;
-use crate::config::Config;
-use crate::inference::{Pool, PoolOptions};
-use crate::model::ModelError;
-use crate::protocol::{ErrorCode, Response};
-use crate::state::{ActiveModel, Shared};
-use candle_core::Device;
+use super::slot::{ConnectionLimits, Slot};
+use crate::shutdown::{Completion, Shutdown};
+use crate::state::State;
+use pear_protocol::{ErrorCode, Response};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// Temporary files of downloads a killed server left behind.
-fn remove_stale_downloads(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(".download-") && name.ends_with(".part") {
-            match std::fs::remove_file(e.path()) {
-                Ok(()) => log::info!("removed {} left by an interrupted download", e.path().display()),
-                Err(err) => log::warn!("cannot remove {}: {err}", e.path().display()),
-            }
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot load default model {path}: {source}")]
-    Model { path: String, source: ModelError },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
+use std::time::Duration;
 
 pub struct Server {
     listener: TcpListener,
-    shared: Arc<Shared>,
-}
-
-/// Loads the default model, starts the worker pool and binds the socket.
-pub fn start(config: Config, device: Device) -> Result<Server, StartError> {
-    remove_stale_downloads(&config.model.dir);
-    let path = config.model.dir.join(&config.model.default);
-    let t = Instant::now();
-    let pipeline = crate::model::Pipeline::load(&path, &device, config.model.confidence_threshold)
-        .map_err(|source| StartError::Model { path: path.display().to_string(), source })?;
-    log::info!(
-        "loaded {} in {:.0} ms ({}; confidence threshold {})",
-        path.display(),
-        t.elapsed().as_secs_f64() * 1e3,
-        pipeline.meta.source,
-        pipeline.confidence_threshold()
-    );
-    let model = ActiveModel { name: config.model.default.clone(), path: path.canonicalize()?, pipeline: Arc::new(pipeline) };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let (workers, threads) = config.inference.thread_budget(cores);
-    log::info!("{workers} inference worker(s) x {threads} thread(s) on {cores} core(s)");
-    let shutdown = Arc::new(super::shutdown::Shutdown::default());
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    metrics.model_load(true, t.elapsed());
-    let pool = Pool::new(PoolOptions {
-        workers,
-        threads,
-        capacity: config.inference.queue_capacity,
-        per_connection: config.inference.per_connection(),
-        limits: config.images.limits(),
-        min_job: Duration::from_millis(config.debug.min_inference_ms),
-        settle: Duration::from_millis(config.images.settle_ms),
-        shutdown: shutdown.clone(),
-        metrics: metrics.clone(),
-        annotated: match &config.debug.annotated_dir {
-            Some(dir) => {
-                log::info!("saving annotated images to {} (newest {} kept)", dir.display(), config.debug.annotated_keep);
-                Some(Arc::new(crate::inference::annotated::AnnotatedDir::open(dir, config.debug.annotated_keep)?))
-            }
-            None => None,
-        },
-    })?;
-    let addr = format!("{}:{}", config.server.host, config.server.port);
-    let listener = TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
-    let shared = Arc::new(Shared::new(config, device, model, pool, shutdown, metrics)?);
-    Ok(Server { listener, shared })
+    state: Arc<State>,
+    limits: Arc<ConnectionLimits>,
+    shutdown: Shutdown,
+    completion: Completion,
 }
 
 impl Server {
+    pub(super) fn new(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) -> Server {
+        let limits = ConnectionLimits::new(&state.config.server, state.metrics.clone());
+        Server { listener, state, limits, shutdown, completion: Completion::default() }
+    }
+
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    pub fn shared(&self) -> Arc<Shared> {
-        self.shared.clone()
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
     }
 
-    /// Accepts until the shutdown signal is raised (see `shutdown::wake`),
-    /// then closes the listening socket, so new clients are refused by the
-    /// kernel (a balancer moves on) while the connections already open drain.
-    pub fn run(self) -> Arc<Shared> {
+    /// The signal that ends `run` and drains the connections.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Accepts until the shutdown signal, then closes the listening socket,
+    /// so new clients are refused by the kernel (a balancer moves on) while
+    /// the connections already open drain.
+    pub fn run(self) -> Drain {
+        // Shutting a listening socket's read side wakes a blocked `accept`
+        // (it fails) and stops the kernel taking new connections.
+        let fd = self.listener.as_raw_fd();
+        let _wake = self.shutdown.on_begin(move || {
+            // SAFETY: `fd` is the listener's, open until `run` returns, and
+            // this waker is unregistered (`_wake` dropped) before that.
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        });
         for conn in self.listener.incoming() {
-            if self.shared.shutdown.is_draining() {
+            if self.shutdown.is_draining() {
                 break;
             }
             match conn {
@@ -111,13 +60,13 @@ impl Server {
             }
         }
         log::info!("no longer accepting connections");
-        self.shared
+        Drain { state: self.state, shutdown: self.shutdown, completion: self.completion }
     }
 
     fn accept(&self, mut stream: TcpStream) {
         let addr = stream.peer_addr().ok();
         let peer = addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-        let slot = match Slot::acquire(&self.shared, addr.map(|a| a.ip())) {
+        let slot = match Slot::acquire(&self.limits, addr.map(|a| a.ip())) {
             Ok(s) => s,
             Err(why) => {
                 log::warn!("{peer}: refused: {why}");
@@ -128,13 +77,45 @@ impl Server {
                 return;
             }
         };
-        let shared = self.shared.clone();
+        let Some(task) = self.completion.task() else { return };
+        let (state, shutdown) = (self.state.clone(), self.shutdown.clone());
         let spawned = std::thread::Builder::new().name(format!("peer-{peer}")).spawn(move || {
-            let _slot = slot;
-            Peer::new(stream, peer, shared).run();
+            // Dropped when the connection has answered everything: the slot
+            // is free again and `Drain` hears that this one is done.
+            let _held = (slot, task);
+            Peer::new(stream, peer, state, shutdown).run();
         });
         if let Err(e) = spawned {
             log::error!("cannot start a connection thread: {e}");
         }
+    }
+}
+
+/// What is left once the listener has stopped: the connections still
+/// answering, and the pool.
+pub struct Drain {
+    pub state: Arc<State>,
+    shutdown: Shutdown,
+    completion: Completion,
+}
+
+impl Drain {
+    /// Waits until every connection has answered what it received and
+    /// closed, at most `timeout`. If that runs out, images still queued are
+    /// answered "shutting down" rather than dropped, and the connections get
+    /// a few more seconds to write that. Then the workers are stopped and
+    /// joined. True if the drain finished in time.
+    pub fn finish(mut self, timeout: Duration) -> bool {
+        let drained = self.completion.wait(timeout);
+        if !drained {
+            log::warn!("drain not finished after {} s (server.drain_timeout_secs); answering the rest as shutting down", timeout.as_secs());
+            self.shutdown.stop();
+            if !self.completion.wait(Duration::from_secs(5)) {
+                log::warn!("exiting with connections still open");
+            }
+        }
+        self.state.pool.close_and_join();
+        self.state.downloads.remove_partial();
+        drained
     }
 }

@@ -7,30 +7,28 @@
 //! - `/readyz`: 200 when a model is loaded and the server is not draining,
 //!   503 while draining, so a balancer stops sending before a restart.
 
-use crate::state::Shared;
+use crate::shutdown::Shutdown;
+use crate::state::State;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tiny_http::{Header, Response, Server};
 
 /// Binds `addr` and serves from a thread of its own; gives the bound address.
-pub fn start(addr: &str, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
+pub fn start(addr: &str, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<SocketAddr> {
     let server = Server::http(addr).map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| std::io::Error::other(format!("{addr} is not an IP address")))?;
+    let bound = server.server_addr().to_ip().ok_or_else(|| std::io::Error::other(format!("{addr} is not an IP address")))?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for req in server.incoming_requests() {
             let path = req.url().split('?').next().unwrap_or("").to_string();
             let resp = match path.as_str() {
                 "/metrics" => {
-                    shared.metrics.queue_depth.set(shared.pool.queued() as i64);
+                    state.metrics.queue_depth.set(state.pool.queued() as i64);
                     let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-                    text(200, shared.metrics.encode(), ct)
+                    text(200, state.metrics.encode(), ct)
                 }
                 "/healthz" => text(200, "ok\n".into(), "text/plain"),
-                "/readyz" if shared.shutdown.is_draining() => text(503, "draining\n".into(), "text/plain"),
-                "/readyz" => text(200, format!("ready: {}\n", shared.model().name), "text/plain"),
+                "/readyz" if shutdown.is_draining() => text(503, "draining\n".into(), "text/plain"),
+                "/readyz" => text(200, format!("ready: {}\n", state.models.active().name), "text/plain"),
                 _ => text(404, "not found: try /metrics, /healthz or /readyz\n".into(), "text/plain"),
             };
             if let Err(e) = req.respond(resp) {

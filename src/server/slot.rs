@@ -1,14 +1,37 @@
 //! A connection's place under `max_connections` and
 //! `max_connections_per_address`, released by its guard whatever ends the
-//! connection (close, error, panic).
+//! connection (close, error, panic). The limits belong to the listener.
 
-use crate::state::Shared;
+use crate::config::ServerSection;
+use crate::metrics::Metrics;
+use crate::sync::lock;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub struct ConnectionLimits {
+    max: usize,
+    per_address_cap: Option<usize>,
+    open: AtomicUsize,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnectionLimits {
+    pub fn new(cfg: &ServerSection, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(ConnectionLimits {
+            max: cfg.max_connections,
+            per_address_cap: cfg.max_connections_per_address,
+            open: AtomicUsize::new(0),
+            per_address: Mutex::default(),
+            metrics,
+        })
+    }
+}
 
 pub struct Slot {
-    shared: Arc<Shared>,
+    limits: Arc<ConnectionLimits>,
     ip: Option<IpAddr>,
     /// Accepted, so counted in `connections_open`.
     counted: bool,
@@ -16,20 +39,19 @@ pub struct Slot {
 
 impl Slot {
     /// Takes a place, or says why there is none.
-    pub fn acquire(shared: &Arc<Shared>, ip: Option<IpAddr>) -> Result<Slot, String> {
-        let cfg = &shared.config.server;
-        let open = shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+    pub fn acquire(limits: &Arc<ConnectionLimits>, ip: Option<IpAddr>) -> Result<Slot, String> {
+        let open = limits.open.fetch_add(1, Ordering::AcqRel) + 1;
         // From here on the guard gives the place back, on every path.
-        let mut slot = Slot { shared: shared.clone(), ip: None, counted: false };
+        let mut slot = Slot { limits: limits.clone(), ip: None, counted: false };
         let refused = |why: String| {
-            shared.metrics.connections_refused.inc();
+            limits.metrics.connections_refused.inc();
             Err(why)
         };
-        if open > cfg.max_connections {
-            return refused(format!("server busy: {} connections already open (server.max_connections)", cfg.max_connections));
+        if open > limits.max {
+            return refused(format!("server busy: {} connections already open (server.max_connections)", limits.max));
         }
-        if let (Some(ip), Some(cap)) = (ip, cfg.max_connections_per_address) {
-            let mut per = shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(ip), Some(cap)) = (ip, limits.per_address_cap) {
+            let mut per = lock(&limits.per_address);
             let n = per.entry(ip).or_insert(0);
             if *n >= cap {
                 return refused(format!("server busy: {cap} connections already open from {ip} (server.max_connections_per_address)"));
@@ -37,8 +59,8 @@ impl Slot {
             *n += 1;
             slot.ip = Some(ip);
         }
-        shared.metrics.connections_accepted.inc();
-        shared.metrics.connections_open.inc();
+        limits.metrics.connections_accepted.inc();
+        limits.metrics.connections_open.inc();
         slot.counted = true;
         Ok(slot)
     }
@@ -47,7 +69,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(ip) = self.ip {
-            let mut per = self.shared.per_address.lock().unwrap_or_else(|p| p.into_inner());
+            let mut per = lock(&self.limits.per_address);
             if let Some(n) = per.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -56,8 +78,8 @@ impl Drop for Slot {
             }
         }
         if self.counted {
-            self.shared.metrics.connections_open.dec();
+            self.limits.metrics.connections_open.dec();
         }
-        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -3,14 +3,13 @@
 //! drain begins, and watchdog pings when the unit sets `WatchdogSec`. Without
 //! systemd (`NOTIFY_SOCKET` unset) every call does nothing.
 
-use super::shutdown::{wake_address, Shutdown};
+use crate::shutdown::Shutdown;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Says READY=1; with a watchdog, starts the thread that keeps it fed.
-pub fn ready(listen: SocketAddr, shutdown: Arc<Shutdown>) {
+pub fn ready(listen: SocketAddr, shutdown: Shutdown) {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         log::warn!("cannot notify systemd: {e}");
     }
@@ -34,7 +33,7 @@ pub fn ready(listen: SocketAddr, shutdown: Arc<Shutdown>) {
 
 /// True when a 0x22 sent to `listen` gets an answer (a "server busy" answer counts: it is alive).
 fn answers(listen: SocketAddr, timeout: Duration) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&wake_address(listen), timeout) else { return false };
+    let Ok(mut s) = TcpStream::connect_timeout(&loopback(listen), timeout) else { return false };
     let _ = s.set_read_timeout(Some(timeout));
     if s.write_all(b"{\"cmd\": 0x22, \"request_data\": null}\n").is_err() {
         return false;
@@ -45,4 +44,16 @@ fn answers(listen: SocketAddr, timeout: Duration) -> bool {
 
 pub fn stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// The address that reaches a listener bound to `addr` from this host.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
 }

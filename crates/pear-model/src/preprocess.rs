@@ -161,7 +161,11 @@ fn pil_coeffs(in_size: usize, out_size: usize) -> (Vec<(usize, usize)>, Vec<i32>
             .map(|x| {
                 let t = ((x + xmin) as f64 - center + 0.5) * ss;
                 let t = t.abs();
-                if t < 1.0 { 1.0 - t } else { 0.0 }
+                if t < 1.0 {
+                    1.0 - t
+                } else {
+                    0.0
+                }
             })
             .collect();
         let total: f64 = w.iter().sum();

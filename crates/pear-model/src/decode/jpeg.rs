@@ -58,18 +58,51 @@ impl<'a> Decompressor<'a> {
         }
     }
 
-    /// Valid between the header read and the decode (libjpeg frees it then).
+    /// Reads the header; the EXIF marker is reachable only through the
+    /// result, which `decode` consumes (libjpeg frees saved markers then).
+    fn read_header(self) -> Result<Header<'a>, DecodeError> {
+        let (mut width, mut height, mut comps) = (0u32, 0u32, 0 as c_int);
+        // SAFETY: `_data` outlives the handle; out-pointers are valid locals.
+        let failed = unsafe { pear_jpeg_header(self.raw, self._data.as_ptr(), self._data.len(), &mut width, &mut height, &mut comps) } != 0;
+        if failed {
+            return Err(DecodeError::Corrupt(self.error()));
+        }
+        Ok(Header { d: self, width, height, comps })
+    }
+}
+
+/// A decompressor whose header was read and whose pixels were not yet.
+struct Header<'a> {
+    d: Decompressor<'a>,
+    width: u32,
+    height: u32,
+    comps: c_int,
+}
+
+impl<'a> Header<'a> {
+    /// The EXIF marker's bytes; borrowed from the header, so unusable once it is decoded.
     fn exif(&self) -> &[u8] {
         let mut len = 0usize;
-        // SAFETY: called only between header and decode, while libjpeg keeps the marker.
+        // SAFETY: between header and decode (the borrow of `self` ensures it),
+        // libjpeg keeps the marker in its per-image pool.
         unsafe {
-            let p = pear_jpeg_exif(self.raw, &mut len);
+            let p = pear_jpeg_exif(self.d.raw, &mut len);
             if p.is_null() {
                 &[]
             } else {
                 std::slice::from_raw_parts(p, len)
             }
         }
+    }
+
+    /// Decodes into `buf` (exactly width x height x channels bytes); gives
+    /// the decompressor back for its warnings.
+    fn decode(self, cmyk: bool, buf: &mut [u8]) -> Result<Decompressor<'a>, DecodeError> {
+        // SAFETY: `buf` has exactly the length the shim checks against.
+        if unsafe { pear_jpeg_decode(self.d.raw, cmyk as c_int, buf.as_mut_ptr(), buf.len()) } != 0 {
+            return Err(DecodeError::Corrupt(self.d.error()));
+        }
+        Ok(self.d)
     }
 }
 
@@ -85,22 +118,14 @@ impl Drop for Decompressor<'_> {
 /// the EXIF orientation applied. Any libjpeg warning (truncated or corrupt
 /// data, which imread would decode into a partly grey picture) is refused.
 pub fn decode(data: &[u8], limits: &Limits) -> Result<RgbImage, DecodeError> {
-    let d = Decompressor::new(data)?;
-    let (mut w, mut h, mut comps) = (0u32, 0u32, 0 as c_int);
-    // SAFETY: `data` outlives `d`; out-pointers are valid locals.
-    if unsafe { pear_jpeg_header(d.raw, data.as_ptr(), data.len(), &mut w, &mut h, &mut comps) } != 0 {
-        return Err(DecodeError::Corrupt(d.error()));
-    }
+    let header = Decompressor::new(data)?.read_header()?;
+    let (w, h) = (header.width, header.height);
     limits.check(w, h)?;
-    // Saved markers live in libjpeg's per-image pool, freed when decoding ends.
-    let turn = orientation::from_exif(d.exif());
-    let cmyk = comps == 4;
+    let turn = orientation::from_exif(header.exif());
+    let cmyk = header.comps == 4;
     let channels = if cmyk { 4 } else { 3 };
     let mut buf = vec![0u8; w as usize * h as usize * channels];
-    // SAFETY: `buf` has exactly the length the shim checks against.
-    if unsafe { pear_jpeg_decode(d.raw, cmyk as c_int, buf.as_mut_ptr(), buf.len()) } != 0 {
-        return Err(DecodeError::Corrupt(d.error()));
-    }
+    let d = header.decode(cmyk, &mut buf)?;
     if let Some(w) = d.first_warning() {
         return Err(DecodeError::Incomplete(w));
     }

@@ -65,7 +65,10 @@ mod tests {
         draw(&mut img, Some([20.0, 60.0, 180.0, 140.0]), "rot 0.97");
         assert_eq!(*img.get_pixel(20, 100), BOX, "left edge of the box");
         assert_eq!(*img.get_pixel(100, 100), Rgb([0, 0, 0]), "inside untouched");
-        assert!(img.pixels().any(|p| *p == BOX && true), "caption background");
+        // The caption sits above the box: its padding is box-coloured, its text dark.
+        assert_eq!(*img.get_pixel(21, 57), BOX, "caption background just above the box");
+        let text = (42..58).flat_map(|y| (24..80).map(move |x| (x, y))).filter(|&(x, y)| img.get_pixel(x, y).0[0] < 128).count();
+        assert!(text > 10, "caption text drawn on its background ({text} dark pixels)");
         // Degenerate boxes and tiny images do not panic.
         draw(&mut RgbImage::new(1, 1), Some([-5.0, 3.0, 900.0, 2.0]), "x");
         draw(&mut RgbImage::new(30, 10), None, "no pear");

@@ -89,7 +89,7 @@ fn check_palette(bytes: &[u8]) -> Result<(), DecodeError> {
     let mut at = 8;
     while let (Some(len), Some(kind)) = (bytes.get(at..at + 4), bytes.get(at + 4..at + 8)) {
         let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if kind == b"PLTE" && (len == 0 || len % 3 != 0 || len > 768) {
+        if kind == b"PLTE" && (len == 0 || !len.is_multiple_of(3) || len > 768) {
             return Err(DecodeError::Corrupt(format!("PNG palette of {len} bytes is not 1 to 256 RGB entries")));
         }
         if kind == b"IEND" {

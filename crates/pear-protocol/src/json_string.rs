@@ -29,6 +29,7 @@ impl StringScanner {
     }
 
     /// True between an opening quote and its closing one.
+    #[cfg(test)]
     pub fn in_string(&self) -> bool {
         self.in_string
     }

@@ -53,6 +53,11 @@ impl Framer {
         self.buf.iter().any(|b| !b.is_ascii_whitespace())
     }
 
+    /// The first byte not yet cut into a frame, if any.
+    pub fn peek_byte(&self) -> Option<u8> {
+        self.buf.first().copied()
+    }
+
     /// Next complete frame, or `None` when more bytes are needed.
     pub fn next_frame(&mut self) -> Option<Frame> {
         let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());

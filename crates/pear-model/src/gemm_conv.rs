@@ -163,7 +163,8 @@ impl GemmConv2d {
                 }
                 None => &self.weight,
             };
-            let imgs: Vec<(&[f32], usize)> = views.iter().zip(&channels).map(|(v, &c)| (&v.slice()[b * c * h * w..(b + 1) * c * h * w], c)).collect();
+            let imgs: Vec<(&[f32], usize)> =
+                views.iter().zip(&channels).map(|(v, &c)| (&v.slice()[b * c * h * w..(b + 1) * c * h * w], c)).collect();
             let res = res_view.as_ref().map(|r| &r.slice()[b * o * n..(b + 1) * o * n]);
             // SAFETY: image b's o*n block lies inside the allocation.
             let out = OutPtr(unsafe { out.as_mut_ptr().add(b * o * n) });
@@ -203,7 +204,18 @@ impl GemmConv2d {
     /// its column matrix times its weight columns, accumulated; then bias,
     /// SiLU (if any) and the residual over the band while it is in cache.
     #[allow(clippy::too_many_arguments)]
-    fn band(&self, weight: &[f32], imgs: &[(&[f32], usize)], h: usize, w: usize, oys: Range<usize>, oh: usize, ow: usize, out: OutPtr, residual: Option<&[f32]>) {
+    fn band(
+        &self,
+        weight: &[f32],
+        imgs: &[(&[f32], usize)],
+        h: usize,
+        w: usize,
+        oys: Range<usize>,
+        oh: usize,
+        ow: usize,
+        out: OutPtr,
+        residual: Option<&[f32]>,
+    ) {
         let per = self.k * self.k;
         let (o, row, n) = (self.out_channels, self.in_channels * per, oh * ow);
         let (col0, nb) = (oys.start * ow, oys.len() * ow);

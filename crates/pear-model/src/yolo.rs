@@ -160,7 +160,11 @@ impl Detect {
         let proj = vb.get_rank("dfl.conv.weight", 4)?.flatten_all()?;
         let reg_max = proj.dims()[0];
         if boxes[0].pred.out_channels != 4 * reg_max {
-            return Err(ModelError::BadMetadata(format!("box head gives {} channels, DFL expects {}", boxes[0].pred.out_channels, 4 * reg_max)));
+            return Err(ModelError::BadMetadata(format!(
+                "box head gives {} channels, DFL expects {}",
+                boxes[0].pred.out_channels,
+                4 * reg_max
+            )));
         }
         let num_classes = scores[0].pred.out_channels;
         Ok(Detect { boxes, scores, proj, reg_max, num_classes })

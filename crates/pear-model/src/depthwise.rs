@@ -56,6 +56,7 @@ impl DepthwiseConv2d {
     }
 
     /// Convolves one channel plane into `out` (oh*ow), bias included.
+    #[allow(clippy::too_many_arguments)] // one plane's geometry, passed flat to stay in registers
     fn plane(&self, ch: usize, src: &[f32], h: usize, w: usize, bases: &[usize], out: &mut [MaybeUninit<f32>], oh: usize, ow: usize) {
         let (k, s, p) = (self.k, self.stride, self.pad);
         let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
@@ -118,7 +119,20 @@ fn split_row(row: &[f32], p: usize, s: usize, dst: &mut [f32]) {
 /// registers over all taps (one store per output), the last few one by one.
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-fn convolve_plane(rows_in: &[f32], wp: usize, h: usize, bases: &[usize], wk: &[f32], k: usize, s: usize, p: usize, bias: f32, out: &mut [MaybeUninit<f32>], ow: usize, oh: usize) {
+fn convolve_plane(
+    rows_in: &[f32],
+    wp: usize,
+    h: usize,
+    bases: &[usize],
+    wk: &[f32],
+    k: usize,
+    s: usize,
+    p: usize,
+    bias: f32,
+    out: &mut [MaybeUninit<f32>],
+    ow: usize,
+    oh: usize,
+) {
     let mut rows: Vec<(&[f32], &[f32])> = Vec::with_capacity(k);
     for oy in 0..oh {
         rows.clear();
@@ -181,7 +195,8 @@ impl CustomOp1 for DepthwiseConv2d {
             CpuStorage::F32(v) => v.as_slice(),
             _ => candle_core::bail!("depthwise conv supports f32 only"),
         };
-        let (start, end) = layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("depthwise conv needs a contiguous input".into()))?;
+        let (start, end) =
+            layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("depthwise conv needs a contiguous input".into()))?;
         let src = &src[start..end];
         if h + 2 * self.pad < self.k || w + 2 * self.pad < self.k {
             candle_core::bail!("depthwise conv input {h}x{w} smaller than its kernel");
@@ -211,7 +226,21 @@ mod tests {
     #[test]
     fn matches_grouped_conv() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        let cases = [(3, 1, 9, 7), (3, 2, 10, 13), (5, 1, 8, 11), (5, 2, 15, 6), (5, 2, 5, 5), (3, 2, 1, 1), (5, 2, 2, 9), (3, 3, 11, 10), (5, 1, 3, 2), (3, 1, 20, 37), (5, 2, 30, 75), (3, 2, 33, 64), (5, 1, 9, 24)];
+        let cases = [
+            (3, 1, 9, 7),
+            (3, 2, 10, 13),
+            (5, 1, 8, 11),
+            (5, 2, 15, 6),
+            (5, 2, 5, 5),
+            (3, 2, 1, 1),
+            (5, 2, 2, 9),
+            (3, 3, 11, 10),
+            (5, 1, 3, 2),
+            (3, 1, 20, 37),
+            (5, 2, 30, 75),
+            (3, 2, 33, 64),
+            (5, 1, 9, 24),
+        ];
         for &(k, s, h, w) in &cases {
             let c = 6;
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev)?;

@@ -1,5 +1,8 @@
 //! The two-stage model, pure math: YOLOv8 finds the pear, EfficientNet judges it.
+//! Knows nothing of sockets or threads beyond its own kernels' rayon pool.
 //!
+//! `decode` turns image files into the pixels the original's OpenCV saw,
+//! `annotate` draws an inspection onto its image;
 //! `bundle` reads the one-file model format, `weights` hands tensors to the
 //! layers, `yolo` and `efficientnet` are the networks (candle, one struct per
 //! layer), `depthwise` and `gemm_conv` are our CPU convolution kernels,
@@ -7,16 +10,19 @@
 //! for bit, and
 //! `pipeline` strings them together the way the original server did.
 
-pub mod activation;
+pub mod annotate;
+pub mod decode;
+
+mod activation;
 pub mod bundle;
 pub mod cpu;
-pub mod depthwise;
+mod depthwise;
 pub mod efficientnet;
-pub mod gemm_conv;
-pub mod layers;
-pub mod nms;
+mod gemm_conv;
+mod layers;
+mod nms;
 pub mod pipeline;
-pub mod preprocess;
+mod preprocess;
 pub mod weights;
 pub mod yolo;
 

@@ -1,10 +1,11 @@
-//! Response values and their wire form.
+//! Response values and their wire form, both ways: the server writes them,
+//! clients read them back into the same types.
 //!
 //! Every entry carries `file_name`, `result` and `error_code` (the original
 //! omitted some; emitting all three is what its clients accept). Each response
 //! is one JSON object followed by `\n`, so netcat sessions stay readable.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The original's error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +19,29 @@ pub enum ErrorCode {
     Timeout = 4,
 }
 
+impl ErrorCode {
+    pub fn from_code(code: u8) -> Option<ErrorCode> {
+        Some(match code {
+            0 => ErrorCode::NoError,
+            1 => ErrorCode::InvalidMessage,
+            2 => ErrorCode::ResourceNotFound,
+            3 => ErrorCode::Internal,
+            4 => ErrorCode::Timeout,
+            _ => return None,
+        })
+    }
+}
+
 impl Serialize for ErrorCode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u8(*self as u8)
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = u8::deserialize(d)?;
+        ErrorCode::from_code(code).ok_or_else(|| serde::de::Error::custom(format!("unknown error_code {code}")))
     }
 }
 
@@ -29,7 +50,7 @@ pub const RESULT_OK: i64 = 2;
 pub const RESULT_FAILED: i64 = 1;
 
 /// Extra fields of a 0x01 entry when `extended_results` is on.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Extended {
     pub label: Option<String>,
     pub confidence: Option<f32>,
@@ -37,12 +58,12 @@ pub struct Extended {
     pub detected: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub file_name: Option<String>,
     pub result: Option<i64>,
     pub error_code: ErrorCode,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub extended: Option<Extended>,
@@ -68,9 +89,13 @@ impl Entry {
         self.message = Some(message.into());
         self
     }
+
+    pub fn is_ok(&self) -> bool {
+        self.error_code == ErrorCode::NoError
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub cmd: Option<u8>,
     pub response_data: Vec<Entry>,
@@ -84,11 +109,17 @@ impl Response {
 
     /// The original's protocol-level error shape (`cmd: null`).
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Response {
-            cmd: None,
-            response_data: vec![Entry::new(None, None, code).with_message(message)],
-            request_data: None,
-        }
+        Response { cmd: None, response_data: vec![Entry::new(None, None, code).with_message(message)], request_data: None }
+    }
+
+    /// True when it has entries and every one is error_code 0.
+    pub fn all_ok(&self) -> bool {
+        !self.response_data.is_empty() && self.response_data.iter().all(Entry::is_ok)
+    }
+
+    /// Reads one answer's JSON text.
+    pub fn from_slice(bytes: &[u8]) -> Result<Response, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
     }
 
     /// Wire form: compact JSON and a newline.
@@ -113,6 +144,25 @@ mod tests {
             String::from_utf8(r.to_bytes()).unwrap(),
             "{\"cmd\":null,\"response_data\":[{\"file_name\":null,\"result\":null,\"error_code\":1,\"message\":\"bad\"}],\"request_data\":null}\n"
         );
+    }
+
+    #[test]
+    fn answers_read_back_as_written() {
+        let mut e = Entry::new(Some("a.jpg".into()), Some(3), ErrorCode::NoError);
+        e.extended =
+            Some(Extended { label: Some("crack".into()), confidence: Some(0.5), bbox: Some([1.0, 2.0, 3.0, 4.0]), detected: true });
+        for r in [
+            Response::new(0x02, vec![e, Entry::new(Some("b.jpg".into()), None, ErrorCode::ResourceNotFound)]),
+            Response::error(ErrorCode::Timeout, "x"),
+        ] {
+            assert_eq!(Response::from_slice(&r.to_bytes()).unwrap(), r);
+        }
+        let plain =
+            Response::from_slice(br#"{"cmd":35,"response_data":[{"file_name":"m","result":2,"error_code":0}],"request_data":null}"#)
+                .unwrap();
+        assert_eq!(plain, Response::new(0x23, vec![Entry::ok(Some("m".into()))]));
+        assert!(Response::from_slice(br#"{"cmd":2,"response_data":[{"file_name":"m","result":2,"error_code":9}],"request_data":null}"#)
+            .is_err());
     }
 
     #[test]

@@ -18,14 +18,15 @@ pub const META_KEY: &str = "pear_bundle";
 fn d_stride() -> usize {
     32
 }
+// ultralytics' predict defaults, kept in one place (`NmsParams::default`).
 fn d_conf() -> f32 {
-    0.25
+    crate::nms::NmsParams::default().conf
 }
 fn d_iou() -> f32 {
-    0.7
+    crate::nms::NmsParams::default().iou
 }
 fn d_max_det() -> usize {
-    300
+    crate::nms::NmsParams::default().max_det
 }
 fn d_eps() -> f64 {
     1e-3
@@ -131,6 +132,8 @@ impl BundleMeta {
         if c.class_names.is_empty() {
             return bad("classifier.class_names is empty".into());
         }
+        // Written so that NaN fails too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if c.std.iter().any(|s| !(*s > 0.0)) {
             return bad("classifier.std must be positive".into());
         }
@@ -152,8 +155,8 @@ impl Bundle {
     }
 
     pub fn from_bytes(bytes: &[u8], dev: &Device) -> Result<Self> {
-        let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| ModelError::NotABundle(format!("not a safetensors file ({e})")))?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| ModelError::NotABundle(format!("not a safetensors file ({e})")))?;
         let meta_json = header
             .metadata()
             .as_ref()
@@ -161,8 +164,8 @@ impl Bundle {
             .ok_or_else(|| ModelError::NotABundle(format!("safetensors metadata has no '{META_KEY}' entry")))?;
         let meta: BundleMeta = serde_json::from_str(meta_json).map_err(|e| ModelError::BadMetadata(e.to_string()))?;
         meta.validate()?;
-        let tensors = candle_core::safetensors::load_buffer(bytes, dev)
-            .map_err(|e| ModelError::NotABundle(format!("cannot read tensors ({e})")))?;
+        let tensors =
+            candle_core::safetensors::load_buffer(bytes, dev).map_err(|e| ModelError::NotABundle(format!("cannot read tensors ({e})")))?;
         let weights = Weights::new(tensors, dev)?;
         Ok(Bundle { meta, detector: weights.pp("detector"), classifier: weights.pp("classifier") })
     }

@@ -23,6 +23,7 @@ pub struct NmsParams {
 }
 
 impl Default for NmsParams {
+    /// ultralytics' predict defaults; also what a bundle that names none gets.
     fn default() -> Self {
         NmsParams { conf: 0.25, iou: 0.7, max_det: 300 }
     }
@@ -33,7 +34,11 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let inter = iw * ih;
     let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    if union > 0.0 { inter / union } else { 0.0 }
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
 }
 
 /// `pred` is the detector output for one image, row-major (4 + nc, n): cx, cy, w, h, scores.
@@ -51,6 +56,8 @@ pub fn non_max_suppression(pred: &[f32], nc: usize, n: usize, p: NmsParams) -> V
                 class = c;
             }
         }
+        // ultralytics keeps a score strictly above conf; a NaN score fails too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(best > p.conf) {
             continue;
         }

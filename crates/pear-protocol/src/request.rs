@@ -63,15 +63,9 @@ pub fn no_data(req: &Request) -> Result<(), InvalidRequest> {
 /// A list of strings.
 pub fn string_list(req: &Request) -> Result<Vec<String>, InvalidRequest> {
     let (cmd, data) = (req.name(), &req.data);
-    let arr = data
-        .as_array()
-        .ok_or_else(|| invalid(format!("command {cmd} needs request_data to be a list, got {data}")))?;
+    let arr = data.as_array().ok_or_else(|| invalid(format!("command {cmd} needs request_data to be a list, got {data}")))?;
     arr.iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| invalid(format!("command {cmd}: every item must be a string, got {v}")))
-        })
+        .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| invalid(format!("command {cmd}: every item must be a string, got {v}"))))
         .collect()
 }
 

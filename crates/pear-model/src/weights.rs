@@ -58,11 +58,7 @@ impl Weights {
     pub fn get_rank(&self, name: &str, rank: usize) -> Result<Tensor> {
         let t = self.get(name)?;
         if t.rank() != rank {
-            return Err(ModelError::BadShape {
-                name: self.full(name),
-                expected: format!("rank {rank}"),
-                got: t.dims().to_vec(),
-            });
+            return Err(ModelError::BadShape { name: self.full(name), expected: format!("rank {rank}"), got: t.dims().to_vec() });
         }
         Ok(t)
     }
@@ -91,8 +87,7 @@ impl Weights {
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.lock().map(|u| u.clone()).unwrap_or_default();
         let p = if self.prefix.is_empty() { String::new() } else { format!("{}.", self.prefix) };
-        let mut v: Vec<String> =
-            self.tensors.keys().filter(|k| k.starts_with(&p) && !used.contains(*k)).cloned().collect();
+        let mut v: Vec<String> = self.tensors.keys().filter(|k| k.starts_with(&p) && !used.contains(*k)).cloned().collect();
         v.sort();
         v
     }

@@ -2,16 +2,16 @@
 //!
 //! Batch norm is folded into the preceding convolution at load time
 //! (w' = w * g/sqrt(v+eps), b' = beta - mean * g/sqrt(v+eps)): the same function,
-//! one pass fewer. On the CPU, dense convolutions run through our GEMM kernel
-//! and depthwise ones through our direct kernel, both with bias and SiLU
-//! fused; elsewhere (GPU) 1x1 convolutions are a matrix product and the rest
-//! candle's conv2d.
+//! one pass fewer. Dense convolutions run through our GEMM kernel and
+//! depthwise ones through our direct kernel, both with bias and SiLU fused.
+//! Both kernels are CPU code: the model runs on the CPU only (a tensor on
+//! another device is refused at load).
 
 use super::depthwise::DepthwiseConv2d;
 use super::gemm_conv::GemmConv2d;
 use super::weights::Weights;
 use super::{ModelError, Result};
-use candle_core::{Device, Tensor, D};
+use candle_core::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -19,32 +19,18 @@ pub enum Act {
     Silu,
 }
 
-impl Act {
-    fn apply(self, x: Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Act::None => Ok(x),
-            Act::Silu => candle_nn::ops::silu(&x),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 enum Kind {
-    /// CPU, groups = 1: bias and SiLU fused in the kernel.
+    /// groups = 1: bias and SiLU fused in the kernel.
     Gemm(GemmConv2d),
-    /// CPU, one input channel per group: bias and SiLU fused in the kernel.
+    /// One input channel per group: bias and SiLU fused in the kernel.
     Depthwise(DepthwiseConv2d),
-    /// weight (O, I), bias (O, 1)
-    Pointwise { w: Tensor, b: Tensor },
-    /// weight (O, I/groups, k, k), bias (1, O, 1, 1)
-    General { w: Tensor, b: Tensor, groups: usize, stride: usize, pad: usize },
 }
 
 /// A convolution with its batch norm folded in, and an activation.
 #[derive(Debug, Clone)]
 pub struct Conv {
     kind: Kind,
-    act: Act,
     pub in_channels: usize,
     pub out_channels: usize,
 }
@@ -77,20 +63,16 @@ impl Conv {
             return Err(ModelError::BadMetadata(format!("non-square kernel {kh}x{kw}")));
         }
         let pad = kh / 2;
-        let on_cpu = matches!(w.device(), Device::Cpu);
+        if !w.device().is_cpu() {
+            return Err(ModelError::BadMetadata("the model runs on the CPU only".into()));
+        }
         let silu = act == Act::Silu;
-        let (kind, in_channels) = if on_cpu && i_per_group == 1 && o > 1 {
+        let (kind, in_channels) = if i_per_group == 1 && o > 1 {
             (Kind::Depthwise(DepthwiseConv2d::new(&w, &b, stride, pad, silu)?), o)
-        } else if on_cpu {
-            (Kind::Gemm(GemmConv2d::new(&w, &b, stride, pad, silu)?), i_per_group)
-        } else if kh == 1 && stride == 1 {
-            (Kind::Pointwise { w: w.reshape((o, i_per_group))?, b: b.reshape((o, 1))? }, i_per_group)
-        } else if i_per_group == 1 && o > 1 {
-            (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: o, stride, pad }, o)
         } else {
-            (Kind::General { w, b: b.reshape((1, o, 1, 1))?, groups: 1, stride, pad }, i_per_group)
+            (Kind::Gemm(GemmConv2d::new(&w, &b, stride, pad, silu)?), i_per_group)
         };
-        Ok(Conv { kind, act, in_channels, out_channels: o })
+        Ok(Conv { kind, in_channels, out_channels: o })
     }
 
     /// The convolution of the channel-concatenation of `parts`, with input
@@ -115,18 +97,8 @@ impl Conv {
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.kind {
-            Kind::Pointwise { w, b } => {
-                let (n, c, h, wd) = x.dims4()?;
-                let flat = x.contiguous()?.reshape((n, c, h * wd))?;
-                let y = w.broadcast_matmul(&flat)?.broadcast_add(b)?;
-                self.act.apply(y.reshape((n, self.out_channels, h, wd))?)
-            }
             Kind::Gemm(op) => op.forward(x),
             Kind::Depthwise(op) => op.forward(x),
-            Kind::General { w, b, groups, stride, pad } => {
-                let y = x.conv2d(w, *pad, *stride, 1, *groups)?.broadcast_add(b)?;
-                self.act.apply(y)
-            }
         }
     }
 }
@@ -162,8 +134,5 @@ impl Linear {
 
 /// Mean over the spatial dims: (N, C, H, W) -> (N, C).
 pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() {
-        return super::cpu::global_avg_pool(x);
-    }
-    x.flatten_from(2)?.mean(D::Minus1)
+    super::cpu::global_avg_pool(x)
 }

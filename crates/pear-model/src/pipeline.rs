@@ -141,10 +141,7 @@ impl Pipeline {
     /// The fruit box the pipeline would crop, if any.
     pub fn pick_fruit(&self, dets: &[Detection]) -> Option<Detection> {
         let fruit = self.meta.detector.fruit_class;
-        dets.iter()
-            .filter(|d| d.class == fruit && d.score >= self.confidence_threshold)
-            .max_by(|a, b| a.score.total_cmp(&b.score))
-            .copied()
+        dets.iter().filter(|d| d.class == fruit && d.score >= self.confidence_threshold).max_by(|a, b| a.score.total_cmp(&b.score)).copied()
     }
 
     /// Integer crop as the original did (`int()` of each clipped coordinate).
@@ -164,10 +161,7 @@ impl Pipeline {
         let Some(crop) = Self::crop(img, &best.bbox) else { return Ok(none) };
         let logits = self.classify_logits(&crop)?;
         let probs = softmax(&logits);
-        let (class, p) = probs
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
+        let (class, p) = probs.iter().enumerate().fold((0, f32::NEG_INFINITY), |acc, (i, &p)| if p > acc.1 { (i, p) } else { acc });
         Ok(Inspection {
             class: Some(class),
             label: self.meta.classifier.class_names.get(class).cloned(),

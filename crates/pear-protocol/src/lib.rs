@@ -1,10 +1,13 @@
 //! The wire protocol, pure: bytes in, values out, no I/O.
 //!
 //! `frame` cuts the stream into objects, `request` checks one object's
-//! envelope (`cmd`, `request_data`), `response` builds what goes back.
+//! envelope (`cmd`, `request_data`), `response` builds what goes back (and
+//! reads it, for clients). `client` is the one blocking client that
+//! `pear-client`, the tests and the benches share; it does no server I/O.
 
+pub mod client;
 pub mod frame;
-pub mod json_string;
+mod json_string;
 pub mod request;
 pub mod response;
 

@@ -69,8 +69,11 @@ pub fn apply(img: RgbImage, o: u16) -> RgbImage {
 mod tests {
     use super::*;
 
+    type Bytes16 = fn(u16) -> [u8; 2];
+    type Bytes32 = fn(u32) -> [u8; 4];
+
     fn exif(little: bool, orientation: u16) -> Vec<u8> {
-        let (u16b, u32b): (fn(u16) -> [u8; 2], fn(u32) -> [u8; 4]) =
+        let (u16b, u32b): (Bytes16, Bytes32) =
             if little { (u16::to_le_bytes, u32::to_le_bytes) } else { (u16::to_be_bytes, u32::to_be_bytes) };
         let mut t = if little { b"II".to_vec() } else { b"MM".to_vec() };
         t.extend(u16b(42));
