@@ -1,8 +1,7 @@
 //! `pear-client` against real servers: the folder report and pictures, exit
 //! codes, `--servers`, and `bench` figures that match the server's /metrics.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::{Command, Output};
 
 fn client(s: &TestServer, args: &[&str]) -> Output {
@@ -25,7 +24,20 @@ fn classify_a_folder_with_report_and_pictures() {
     let samples = std::path::Path::new(ROOT).join("samples");
     let out = s.dir.join("annotated");
     let csv = s.dir.join("report.csv");
-    let o = client(&s, &["classify", "--dir", samples.to_str().unwrap(), "--batch", "4", "--csv", csv.to_str().unwrap(), "--annotate", out.to_str().unwrap()]);
+    let o = client(
+        &s,
+        &[
+            "classify",
+            "--dir",
+            samples.to_str().unwrap(),
+            "--batch",
+            "4",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--annotate",
+            out.to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(o.stderr.is_empty(), "no progress bar when stderr is not a terminal: {:?}", String::from_utf8_lossy(&o.stderr));
     let report = std::fs::read_to_string(&csv).unwrap();

@@ -2,13 +2,10 @@
 //! plus the concurrency guarantees: cheap commands never wait for inference on
 //! another connection, 0x03 cancels queued images, downloads are all-or-nothing.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-use std::time::Duration;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-
 
 fn one(v: &Value) -> &Value {
     let e = entries(v);
@@ -97,7 +94,8 @@ fn cheap_commands_do_not_wait_for_inference() {
     let mut busy = s.client();
     busy.send(classify(&["normal_1.jpg"; 20]).as_bytes());
     let mut other = s.client();
-    for q in [r#"{"cmd": 0x22, "request_data": null}"#, r#"{"cmd": 0x24, "request_data": null}"#, r#"{"cmd": 0x32, "request_data": null}"#] {
+    for q in [r#"{"cmd": 0x22, "request_data": null}"#, r#"{"cmd": 0x24, "request_data": null}"#, r#"{"cmd": 0x32, "request_data": null}"#]
+    {
         assert!(!other.request(q)["cmd"].is_null());
     }
     busy.send(br#"{"cmd": 0x03, "request_data": null}"#);
@@ -111,7 +109,14 @@ fn cheap_commands_do_not_wait_for_inference() {
 /// guaranteed and its other 7 images are refused at once.
 #[test]
 fn queue_full_answers_at_once() {
-    let s = TestServer::start(Options { workers: 1, queue_capacity: 8, min_inference_ms: 1000, extended: true, ..Options::default() });
+    let s = TestServer::start(Options {
+        workers: 1,
+        queue_capacity: 8,
+        min_inference_ms: 1000,
+        extended: true,
+        metrics: true,
+        ..Options::default()
+    });
     let mut c = s.client();
     let r = c.request(&classify(&["a.jpg"; 9]));
     assert!(assert_error(&r, 1).contains("at most 8"));
@@ -119,13 +124,8 @@ fn queue_full_answers_at_once() {
     let mut b = s.client();
     a.send(format!("{}{}", classify(&["normal_1.jpg"; 8]), r#"{"cmd": 0x22, "request_data": null}"#).as_bytes());
     // b only once a's images are in: the 0x22 pipelined behind them cannot
-    // be answered before, so wait for a's log line instead.
-    for _ in 0..400 {
-        if s.log().contains("0x01 queued 8 of 8") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    // be answered before, so wait until the server counts all 8 in flight.
+    wait_for_metric(&s, "pear_images_in_flight", "", |n| n == 8.0);
     b.send(format!("{}{}", classify(&["normal_1.jpg"; 8]), r#"{"cmd": 0x03, "request_data": null}"#).as_bytes());
     let rb = b.recv();
     let full: Vec<&Value> = entries(&rb).iter().filter(|e| e["message"].as_str().is_some_and(|m| m.contains("queue_capacity"))).collect();
@@ -291,7 +291,8 @@ fn an_accepted_batch_is_answered_whole() {
 /// at least 3 s, the timeout is 1 s) answers error 4 instead of hanging.
 #[test]
 fn a_stalled_batch_times_out() {
-    let s = TestServer::start(Options { workers: 1, request_timeout_secs: 1, min_inference_ms: 3000, extended: true, ..Options::default() });
+    let s =
+        TestServer::start(Options { workers: 1, request_timeout_secs: 1, min_inference_ms: 3000, extended: true, ..Options::default() });
     let r = s.client().request(&classify(&["normal_1.jpg"; 3]));
     for e in entries(&r) {
         assert_eq!(e["error_code"], 4, "{r}");

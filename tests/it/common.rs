@@ -1,6 +1,6 @@
 //! A real pear-server process on a free loopback port, in its own temp folder,
-//! and a line-oriented TCP client for it.
-#![allow(dead_code)]
+//! and the project's client (`pear_protocol::client`) wrapped for tests:
+//! raw bytes out, answers as JSON values in, every answer newline-terminated.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -249,30 +249,29 @@ impl Drop for TestServer {
 }
 
 pub struct Client {
+    /// The same socket as `inner`'s, for tests that write bytes one by one,
+    /// shut a side, or reset it.
     pub stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    inner: pear_protocol::client::Client,
 }
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Client { stream, reader }
+        let inner = pear_protocol::client::Client::connect(&addr.to_string(), Duration::from_secs(120)).unwrap();
+        let stream = inner.stream().try_clone().unwrap();
+        Client { stream, inner }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
+        self.inner.send_raw(bytes).unwrap();
     }
 
     /// One response: a JSON object terminated by a newline.
     pub fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("read response");
-        assert!(n > 0, "connection closed while waiting for a response");
-        assert!(line.ends_with('\n'), "response must end with a newline: {line:?}");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("response is not JSON ({e}): {line:?}"))
+        let raw = self.inner.recv_raw().expect("read response");
+        let text = String::from_utf8_lossy(&raw.bytes).into_owned();
+        assert!(raw.newline, "response must end with a newline: {text:?}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("response is not JSON ({e}): {text:?}"))
     }
 
     pub fn request(&mut self, text: &str) -> Value {
@@ -280,16 +279,17 @@ impl Client {
         self.recv()
     }
 
-    /// True when the server closed the connection (EOF) within the timeout.
-    /// True when the server closed the connection (end of stream or reset);
-    /// a server that merely goes silent for 5 s is not a close.
+    /// True when the server closed the connection (end of stream or reset)
+    /// with nothing more to read; a server that merely goes silent for 5 s
+    /// is not a close.
     pub fn closed(&mut self) -> bool {
         self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut b = [0u8; 1];
-        match self.reader.read(&mut b) {
-            Ok(0) => true,
-            Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted),
-            Ok(_) => false,
+        match self.inner.recv_raw() {
+            Err(pear_protocol::client::ClientError::Closed { .. }) => true,
+            Err(pear_protocol::client::ClientError::Io { source, .. }) => {
+                matches!(source.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted)
+            }
+            _ => false,
         }
     }
 }
@@ -345,4 +345,19 @@ pub fn scrape(s: &TestServer) -> BTreeMap<(String, String), f64> {
 
 pub fn metric(m: &BTreeMap<(String, String), f64>, name: &str, labels: &str) -> f64 {
     m.get(&(name.to_string(), labels.to_string())).copied().unwrap_or(0.0)
+}
+
+/// Waits (bounded: 20 s) until the server's /metrics shows `name{labels}`
+/// meeting `cond`; what the server reports, not a guessed delay, is what
+/// the test goes on from.
+pub fn wait_for_metric(s: &TestServer, name: &str, labels: &str, cond: impl Fn(f64) -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = metric(&scrape(s), name, labels);
+        if cond(v) {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "{name}{{{labels}}} is still {v}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -4,8 +4,8 @@
 //! regression in the model code or the weights is caught. The full held-out
 //! measurement (500 images) is `pear-eval`, see the README.
 
-use pear_server::decode::decode_image;
-use pear_server::model::pipeline::Pipeline;
+use pear_model::decode::decode_image;
+use pear_model::pipeline::Pipeline;
 use std::path::Path;
 
 #[test]

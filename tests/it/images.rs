@@ -4,10 +4,9 @@
 //! files that are not regular, too large, or unfinished PNGs are refused
 //! without holding a worker.
 
-mod common;
-use common::*;
+use crate::common::*;
+use pear_model::decode::{decode_image, Limits};
 use std::io::Write;
-use pear_server::decode::{decode_image, Limits};
 
 /// 30, 50 and 70 % of a sample: `result` null, `error_code` 2, and the message
 /// says why; the whole file still answers.
@@ -91,10 +90,10 @@ fn special_files_are_refused_without_blocking() {
     let mut c = s.client();
     let r = c.request(r#"{"cmd": 0x01, "request_data": ["fifo.jpg", "folder.jpg", "fifo.jpg", "normal_1.jpg"]}"#);
     let e = entries(&r);
-    for i in 0..3 {
-        assert_eq!(e[i]["error_code"], 2, "{r}");
-        assert!(e[i]["result"].is_null(), "{r}");
-        assert!(e[i]["message"].as_str().unwrap().contains("is not a file"), "{r}");
+    for x in &e[..3] {
+        assert_eq!(x["error_code"], 2, "{r}");
+        assert!(x["result"].is_null(), "{r}");
+        assert!(x["message"].as_str().unwrap().contains("is not a file"), "{r}");
     }
     assert_eq!(e[3]["error_code"], 0, "the worker is still alive: {r}");
     let again = c.request(r#"{"cmd": 0x01, "request_data": ["normal_1.jpg"]}"#);
@@ -129,9 +128,9 @@ fn png_without_its_end_is_incomplete() {
     std::fs::write(images.join("half.png"), &png[..png.len() / 2]).unwrap();
     let r = s.client().request(r#"{"cmd": 0x01, "request_data": ["no_iend.png", "half.png", "whole.png"]}"#);
     let e = entries(&r);
-    for i in 0..2 {
-        assert_eq!(e[i]["error_code"], 2, "{r}");
-        assert!(e[i]["message"].as_str().unwrap().contains("incomplete image"), "{r}");
+    for x in &e[..2] {
+        assert_eq!(x["error_code"], 2, "{r}");
+        assert!(x["message"].as_str().unwrap().contains("incomplete image"), "{r}");
     }
     assert_eq!(e[2]["error_code"], 0, "{r}");
     assert_eq!(e[2]["result"], 4, "the whole PNG is the rot sample: {r}");
@@ -146,7 +145,8 @@ fn annotated_images_are_saved_and_pruned() {
     for f in ["normal_1.jpg", "rot_1.jpg", "scab_1.jpg", "bruise_1.jpg", "crack_1.jpg"] {
         assert_eq!(entries(&c.request(&classify(&[f])))[0]["error_code"], 0);
     }
-    let mut saved: Vec<String> = std::fs::read_dir(s.dir.join("annotated")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut saved: Vec<String> =
+        std::fs::read_dir(s.dir.join("annotated")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     saved.sort();
     assert_eq!(saved.len(), 3, "{saved:?}");
     for (name, stem) in saved.iter().zip(["scab_1", "bruise_1", "crack_1"]) {
@@ -159,23 +159,18 @@ fn annotated_images_are_saved_and_pruned() {
 
 /// `images.settle_ms`: a file the camera is still writing is read again
 /// while it grows. The test appends the rest only once the server has seen
-/// the first part (its log says so), then gets the whole image's answer; a
-/// file that stops growing still answers incomplete.
+/// the first part (its /metrics counts the wait), then gets the whole
+/// image's answer; a file that stops growing still answers incomplete.
 #[test]
 fn a_growing_file_is_waited_for() {
-    let s = TestServer::start(Options { settle_ms: 1000, ..Options::default() });
+    let s = TestServer::start(Options { settle_ms: 1000, metrics: true, ..Options::default() });
     let whole = std::fs::read(s.dir.join("images/rot_1.jpg")).unwrap();
     let cut = whole.len() * 2 / 5;
     std::fs::write(s.dir.join("images/growing.jpg"), &whole[..cut]).unwrap();
     std::fs::write(s.dir.join("images/stuck.jpg"), &whole[..cut]).unwrap();
     let mut c = s.client();
     c.send(classify(&["growing.jpg"]).as_bytes());
-    for _ in 0..400 {
-        if s.log().contains("growing.jpg: incomplete after") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_for_metric(&s, "pear_settle_waits_total", "", |n| n >= 1.0);
     std::fs::OpenOptions::new().append(true).open(s.dir.join("images/growing.jpg")).unwrap().write_all(&whole[cut..]).unwrap();
     let r = c.recv();
     let twin = c.request(&classify(&["rot_1.jpg"]));

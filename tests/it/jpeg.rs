@@ -3,7 +3,7 @@
 //! stores the SHA-256 of what imread decoded), and refuses what imread
 //! refuses, plus the truncated files imread would decode into grey halves.
 
-use pear_server::decode::{decode_image, DecodeError, Limits};
+use pear_model::decode::{decode_image, DecodeError, Limits};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -46,7 +46,12 @@ fn identical_to_opencv_imread() {
                 let want = (r.width.unwrap(), r.height.unwrap());
                 let got = hex(&Sha256::digest(img.as_raw()));
                 if img.dimensions() != want || Some(&got) != r.sha256.as_ref() {
-                    mismatched.push(format!("{}: {:?} vs OpenCV {want:?}, pixels differ: {}", r.file, img.dimensions(), Some(&got) != r.sha256.as_ref()));
+                    mismatched.push(format!(
+                        "{}: {:?} vs OpenCV {want:?}, pixels differ: {}",
+                        r.file,
+                        img.dimensions(),
+                        Some(&got) != r.sha256.as_ref()
+                    ));
                 }
             }
         }

@@ -5,9 +5,9 @@
 //! wires every layer's channels together.
 
 use candle_core::{DType, Device, Tensor};
-use pear_server::model::efficientnet::EfficientNet;
-use pear_server::model::weights::Weights;
-use pear_server::model::yolo::YoloV8;
+use pear_model::efficientnet::EfficientNet;
+use pear_model::weights::Weights;
+use pear_model::yolo::YoloV8;
 use std::collections::{BTreeMap, HashMap};
 
 fn weights(name: &str) -> Weights {

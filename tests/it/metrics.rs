@@ -2,8 +2,7 @@
 //! real binary: the exposition parses, and its counters move by exactly the
 //! traffic this test sends.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

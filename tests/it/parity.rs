@@ -5,8 +5,8 @@
 //! reference read through OpenCV's imread, as the original server did).
 
 use candle_core::{Device, Tensor};
-use pear_server::decode::decode_image;
-use pear_server::model::pipeline::Pipeline;
+use pear_model::decode::decode_image;
+use pear_model::pipeline::Pipeline;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,8 +1,7 @@
 //! Wire-level behaviour over real TCP: framing, hex/decimal, pipelining, and
 //! malformed input answered with clear errors while the server keeps serving.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const CURRENT_DIR: &str = r#"{"cmd": 0x32, "request_data": null}"#;
 
@@ -129,14 +128,14 @@ fn path_traversal_is_refused_per_file() {
     assert_entry_keys(&r);
     let e = entries(&r);
     assert_eq!(e.len(), 7);
-    for i in 0..3 {
-        assert_eq!(e[i]["error_code"], 1, "entry {i} must be refused: {r}");
-        assert!(e[i]["result"].is_null());
+    for (i, x) in e[..3].iter().enumerate() {
+        assert_eq!(x["error_code"], 1, "entry {i} must be refused: {r}");
+        assert!(x["result"].is_null());
     }
     assert_eq!(e[3]["error_code"], 0, "subfolders inside the image folder are fine: {r}");
-    for i in 4..7 {
-        assert_eq!(e[i]["error_code"], 2, "entry {i} is missing/unreadable: {r}");
-        assert!(e[i]["result"].is_null(), "never `false` like the original: {r}");
+    for (i, x) in e.iter().enumerate().take(7).skip(4) {
+        assert_eq!(x["error_code"], 2, "entry {i} is missing/unreadable: {r}");
+        assert!(x["result"].is_null(), "never `false` like the original: {r}");
     }
     // the hex-looking file name reached the server intact
     assert_eq!(e[6]["file_name"], "0x1f.jpg");

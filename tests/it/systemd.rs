@@ -3,8 +3,7 @@
 //! watchdog pings (WATCHDOG_USEC set); STOPPING=1 when a SIGTERM starts the drain. The test plays systemd's part
 //! with a datagram socket of its own in NOTIFY_SOCKET.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
