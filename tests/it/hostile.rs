@@ -678,9 +678,11 @@ fn hostile_suite() {
     swapper.join().unwrap();
 
     // Flood past max_connections: the extras are refused, the server serves on.
-    let flood: Vec<Client> = (0..40).map(|_| s.client()).collect();
+    // Every flood connection stays open until all are counted, so no place
+    // is freed (and taken again) while the test counts.
+    let mut flood: Vec<Client> = (0..40).map(|_| s.client()).collect();
     let mut refused = 0;
-    for mut f in flood {
+    for f in &mut flood {
         let _ = f.stream.write_all(CURRENT_MODEL.as_bytes()); // a refused one may be closed already
         let r = f.recv();
         if r["cmd"].is_null() {
@@ -689,6 +691,7 @@ fn hostile_suite() {
         }
     }
     assert!(refused >= 40 - 16, "16 places for 40 new connections: {refused} refused");
+    drop(flood);
 
     // A thousand lines of garbage, each answered, then the connection still works.
     let mut g = free_client(&s);
