@@ -9,14 +9,14 @@
 //! `config` (server.toml), `paths` (client paths kept in their folders),
 //! `metrics` (what `/metrics` shows).
 
-pub mod commands;
+mod commands;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod inference;
-pub mod metrics;
-pub mod models;
-pub mod paths;
+mod inference;
+mod metrics;
+mod models;
+mod paths;
 pub mod server;
 pub mod shutdown;
 pub mod state;

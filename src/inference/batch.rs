@@ -163,8 +163,9 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inference::queue::Refusal;
     use crate::inference::queue::GUARANTEED;
-    use crate::inference::{PoolOptions, Refusal};
+    use crate::inference::PoolOptions;
     use image::RgbImage;
     use pear_model::pipeline::Inspection;
     use std::path::Path;

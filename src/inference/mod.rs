@@ -12,5 +12,4 @@ pub mod queue;
 pub mod read;
 
 pub use batch::{Batch, CancelRegistry};
-pub use pool::{Inspector, Job, JobState, Outcome, Pool, PoolOptions};
-pub use queue::Refusal;
+pub use pool::{Outcome, Pool, PoolOptions};

@@ -159,8 +159,4 @@ impl FairQueue {
     pub fn len(&self) -> usize {
         self.lanes().total
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
