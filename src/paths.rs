@@ -15,17 +15,35 @@ pub enum PathError {
     NotFound(String),
 }
 
-/// Resolves `name` (relative) inside `root`; the result exists and is inside `root`.
+/// Resolves `name` inside `root`; the result exists and is inside `root`.
+///
+/// `name` is relative to `root`, or absolute: the original opened
+/// `os.path.join(image_folder, name)`, so its clients may send the folder
+/// joined with the file name. An absolute name must lead inside `root`
+/// (written under it, or resolving into it through symlinks); anything else
+/// is refused like `..`.
 pub fn resolve_file(root: &Path, name: &str) -> Result<PathBuf, PathError> {
-    let rel = Path::new(name);
     if name.is_empty() || name.contains('\0') {
         return Err(PathError::Refused("empty or invalid file name".into()));
     }
-    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-        return Err(PathError::Refused(format!("'{name}' leaves the folder (absolute path or '..')")));
-    }
     let root = root.canonicalize().map_err(|e| PathError::NotFound(format!("folder {} is gone: {e}", root.display())))?;
-    let full = root.join(rel);
+    let given = Path::new(name);
+    let rel = if given.is_absolute() {
+        match given.strip_prefix(&root) {
+            Ok(rel) => rel.to_path_buf(),
+            // Written through another path (a symlinked folder, say): only where it really leads counts.
+            Err(_) => match given.canonicalize() {
+                Ok(real) if real.starts_with(&root) => real.strip_prefix(&root).map(Path::to_path_buf).unwrap_or_default(),
+                _ => return Err(PathError::Refused(format!("'{name}' is outside the image folder"))),
+            },
+        }
+    } else {
+        given.to_path_buf()
+    };
+    if rel.as_os_str().is_empty() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(PathError::Refused(format!("'{name}' leaves the folder ('..')")));
+    }
+    let full = root.join(&rel);
     let real = full.canonicalize().map_err(|_| PathError::NotFound(format!("'{name}' not found")))?;
     if !real.starts_with(&root) {
         return Err(PathError::Refused(format!("'{name}' points outside the folder")));
@@ -85,6 +103,13 @@ mod tests {
         assert!(resolve_file(&root, "a.jpg").is_ok());
         assert!(matches!(resolve_file(&root, "../secret.jpg"), Err(PathError::Refused(_))));
         assert!(matches!(resolve_file(&root, "/etc/passwd"), Err(PathError::Refused(_))));
+        // Absolute names: inside the folder they resolve, missing ones are not found, a way out is refused.
+        let abs = |rel: &str| format!("{}/{rel}", root.canonicalize().unwrap().display());
+        assert!(resolve_file(&root, &abs("a.jpg")).is_ok());
+        assert!(matches!(resolve_file(&root, &abs("nope.jpg")), Err(PathError::NotFound(_))));
+        assert!(matches!(resolve_file(&root, &abs("../secret.jpg")), Err(PathError::Refused(_))));
+        assert!(matches!(resolve_file(&root, &abs("link.jpg")), Err(PathError::Refused(_))));
+        assert!(matches!(resolve_file(&root, &abs("")), Err(PathError::Refused(_))), "the folder itself");
         assert!(matches!(resolve_file(&root, "link.jpg"), Err(PathError::Refused(_))));
         assert!(matches!(resolve_file(&root, "nope.jpg"), Err(PathError::NotFound(_))));
         assert!(matches!(resolve_dir(std::slice::from_ref(&root), "/etc"), Err(PathError::Refused(_))));

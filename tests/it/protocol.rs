@@ -17,6 +17,37 @@ fn hex_and_decimal_cmd() {
     assert_eq!(spaced["cmd"], 0x33);
 }
 
+/// The original opened `os.path.join(image_folder, name)`, and its own test
+/// client sends the folder joined with the file name: an absolute name inside
+/// the image folder is classified like the relative one; outside it, directly
+/// or through a symlink or `..`, it is refused with error 1.
+#[test]
+fn absolute_names_inside_the_folder_are_classified() {
+    let s = TestServer::start(Options::default());
+    let images = s.dir.join("images").canonicalize().unwrap();
+    let mut c = s.client();
+    let names = [
+        images.join("rot_1.jpg"),
+        images.join("sub/nested.jpg"),
+        s.dir.join("outside/secret.jpg"),
+        images.join("link_out.jpg"),
+        images.join("../outside/secret.jpg"),
+    ];
+    let list: Vec<String> = names.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+    let r = c.request(&format!(r#"{{"cmd": 0x01, "request_data": [{}]}}"#, list.join(", ")));
+    let e = entries(&r);
+    let relative = c.request(&classify(&["rot_1.jpg", "sub/nested.jpg"]));
+    for i in 0..2 {
+        assert_eq!(e[i]["error_code"], 0, "{r}");
+        assert_eq!(e[i]["result"], entries(&relative)[i]["result"], "answered as the relative name: {r} {relative}");
+        assert_eq!(e[i]["file_name"], list[i].trim_matches('"'), "the name is echoed as sent");
+    }
+    for (i, x) in e.iter().enumerate().skip(2) {
+        assert_eq!(x["error_code"], 1, "entry {i} leads outside the folder: {r}");
+        assert!(x["result"].is_null(), "{r}");
+    }
+}
+
 #[test]
 fn request_split_byte_by_byte() {
     let s = TestServer::start(Options::default());
