@@ -48,6 +48,26 @@ fn absolute_names_inside_the_folder_are_classified() {
     }
 }
 
+/// A client that writes one request and reads one answer stays in step
+/// when it sends garbage: `garbage{` and then a request in one write give
+/// exactly one error and then the request's answer (the 0x32 after them is
+/// answered next, so nothing else came in between).
+#[test]
+fn a_garbage_run_gets_one_error() {
+    let s = TestServer::start(Options::default());
+    let mut c = s.client();
+    c.send(b"garbage{{\"cmd\": 0x22, \"request_data\": null}");
+    assert_error(&c.recv(), 1);
+    assert_eq!(c.recv()["cmd"], 0x23);
+    assert_eq!(c.request(r#"{"cmd": 0x32, "request_data": null}"#)["cmd"], 0x33);
+    // Split anywhere, the same: the garbage and its brace in one write, the request in the next.
+    c.send(b"garbage{");
+    assert_error(&c.recv(), 1);
+    c.send(br#"{"cmd": 0x22, "request_data": null}"#);
+    assert_eq!(c.recv()["cmd"], 0x23);
+    assert_eq!(c.request(r#"{"cmd": 0x32, "request_data": null}"#)["cmd"], 0x33);
+}
+
 #[test]
 fn request_split_byte_by_byte() {
     let s = TestServer::start(Options::default());

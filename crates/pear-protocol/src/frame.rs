@@ -20,7 +20,7 @@ pub enum Frame {
 }
 
 /// Incremental framer: `push` bytes as they arrive, then drain `next_frame`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Framer {
     buf: Vec<u8>,
     max: usize,
@@ -32,11 +32,26 @@ pub struct Framer {
     /// Answers hold objects (entries); requests never do, so for requests a
     /// `{` inside an unfinished object starts the next one.
     nested: bool,
+    /// Requests: the last frame was garbage that did not reach a line end,
+    /// so garbage that follows belongs to the same run and is not reported
+    /// again (a client reading one answer per request stays in step).
+    in_garbage_run: bool,
+    /// The bytes of the garbage just cut held a newline.
+    cut_newline: bool,
 }
 
 impl Framer {
     pub fn new(max_request_bytes: usize) -> Self {
-        Framer { buf: Vec::new(), max: max_request_bytes.max(2), scanned: 0, depth: 0, strings: StringScanner::default(), nested: false }
+        Framer {
+            buf: Vec::new(),
+            max: max_request_bytes.max(2),
+            scanned: 0,
+            depth: 0,
+            strings: StringScanner::default(),
+            nested: false,
+            in_garbage_run: false,
+            cut_newline: false,
+        }
     }
 
     /// The client side: cuts answers, whose objects nest.
@@ -58,9 +73,33 @@ impl Framer {
         self.buf.first().copied()
     }
 
-    /// Next complete frame, or `None` when more bytes are needed.
+    /// Next complete frame, or `None` when more bytes are needed. For
+    /// requests, one run of garbage (bytes up to a line end, or up to a valid
+    /// request, that hold none) is one `Garbage` frame however it was cut:
+    /// `garbage{` followed by a request gives one error, then the request.
     pub fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            let frame = self.next_cut()?;
+            if !matches!(frame, Frame::Garbage { .. }) || self.nested {
+                self.in_garbage_run = false;
+                return Some(frame);
+            }
+            let repeat = self.in_garbage_run;
+            self.in_garbage_run = !self.cut_newline;
+            if !repeat {
+                return Some(frame);
+            }
+        }
+    }
+
+    /// Cuts the next frame, garbage runs not yet merged.
+    fn next_cut(&mut self) -> Option<Frame> {
         let start = self.buf.iter().position(|b| !b.is_ascii_whitespace());
+        // A line end between frames ends a garbage run too.
+        let blank = start.unwrap_or(self.buf.len());
+        if self.buf[..blank].contains(&b'\n') {
+            self.in_garbage_run = false;
+        }
         match start {
             None => {
                 self.buf.clear();
@@ -93,7 +132,7 @@ impl Framer {
                         return None;
                     }
                 };
-                self.buf.drain(..end);
+                self.cut_newline = self.buf.drain(..end).any(|b| b == b'\n');
                 self.reset_scan();
                 Some(Frame::Garbage { len: end, reason: "expected a JSON object starting with '{'" })
             }
@@ -101,11 +140,15 @@ impl Framer {
     }
 
     /// Called at end of stream: whatever is left is an incomplete request.
+    /// Part of a garbage run already reported is not reported again.
     pub fn finish(&mut self) -> Option<Frame> {
         if self.has_partial() {
             let len = self.buf.len();
             self.buf.clear();
             self.reset_scan();
+            if self.in_garbage_run && !self.nested {
+                return None;
+            }
             Some(Frame::Garbage { len, reason: "connection closed in the middle of a request" })
         } else {
             None
@@ -136,11 +179,12 @@ impl Framer {
                 if b == b'\n' {
                     // JSON strings cannot hold a raw newline: the quote was never closed.
                     self.buf.drain(..=i);
+                    self.cut_newline = true;
                     self.reset_scan();
                     return Some(Frame::Garbage { len: i + 1, reason: "unterminated string in request" });
                 }
             } else if b == b'{' && open == b'{' && i > 0 && !self.nested {
-                self.buf.drain(..i);
+                self.cut_newline = self.buf.drain(..i).any(|b| b == b'\n');
                 self.reset_scan();
                 return Some(Frame::Garbage { len: i, reason: "unfinished request (a new one began before it ended)" });
             } else if b == open {
@@ -151,6 +195,7 @@ impl Framer {
                     let frame: Vec<u8> = self.buf.drain(..=i).collect();
                     self.reset_scan();
                     if open == b'[' {
+                        self.cut_newline = frame.contains(&b'\n');
                         return Some(Frame::Garbage { len: frame.len(), reason: "expected a JSON object, got an array" });
                     }
                     return Some(Frame::Object(frame));
@@ -208,6 +253,41 @@ mod tests {
         let frames = all(&mut f);
         assert!(matches!(frames[0], Frame::Garbage { .. }));
         assert_eq!(frames[1], Frame::Object(b"{\"b\":2}".to_vec()));
+    }
+
+    /// One run of garbage, one frame, however it ends: `garbage{` then a
+    /// request is one error and the request; a line end starts a new run.
+    #[test]
+    fn a_garbage_run_is_one_frame() {
+        let req = br#"{"cmd": 34, "request_data": null}"#;
+        for cut in [&b"garbage{"[..], b"garbage{{", b"[1]{", b"x{a:", b"{{{"] {
+            let mut f = Framer::new(1024);
+            f.push(cut);
+            f.push(req);
+            let frames = all(&mut f);
+            assert_eq!(frames.len(), 2, "{:?}: {frames:?}", String::from_utf8_lossy(cut));
+            assert!(matches!(frames[0], Frame::Garbage { .. }));
+            assert_eq!(frames[1], Frame::Object(req.to_vec()));
+        }
+        // Lines are runs of their own: each is reported.
+        let mut f = Framer::new(1024);
+        f.push(b"garbage{\nmore{\n");
+        f.push(req);
+        let frames = all(&mut f);
+        assert_eq!(frames.iter().filter(|x| matches!(x, Frame::Garbage { .. })).count(), 2, "{frames:?}");
+        assert_eq!(frames.last(), Some(&Frame::Object(req.to_vec())));
+        // Ending the connection inside a reported run adds nothing; a new line's partial request is reported.
+        let mut f = Framer::new(1024);
+        f.push(b"garbage{");
+        assert!(matches!(all(&mut f)[..], [Frame::Garbage { .. }]));
+        assert_eq!(f.clone().finish(), None, "the rest of a reported run");
+        f.push(b"\n{\"cmd\"");
+        assert_eq!(all(&mut f), vec![], "the run's rest ends at its line end, unreported");
+        assert!(matches!(f.finish(), Some(Frame::Garbage { .. })), "the next line's unfinished request is reported");
+        // A line end between frames ends a run as well.
+        let mut f = Framer::new(1024);
+        f.push(b"[1]\n{{\"cmd\": 34, \"request_data\": null}");
+        assert_eq!(all(&mut f).iter().filter(|x| matches!(x, Frame::Garbage { .. })).count(), 2);
     }
 
     #[test]
