@@ -73,7 +73,7 @@ impl Shutdown {
                 wake();
             }
         }
-        was < to && was == RUNNING
+        was == RUNNING
     }
 
     /// Calls `wake` when the signal is raised (at once if it already was),

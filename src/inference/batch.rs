@@ -66,7 +66,7 @@ pub struct Batch {
     states: Vec<Option<Arc<JobState>>>,
     rx: Receiver<(usize, Outcome)>,
     timeout: Duration,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl Batch {
@@ -117,12 +117,12 @@ impl Batch {
         let images = states.iter().filter(|s| s.is_some()).count() as i64;
         let gauge = pool.metrics().images_in_flight.clone();
         gauge.inc_by(images);
-        Batch { files, outcomes, states, rx, timeout, _in_flight: InFlight { gauge, images } }
+        Batch { files, outcomes, states, rx, timeout, in_flight: InFlight { gauge, images } }
     }
 
     /// Images of this batch that went into the queue.
     pub fn queued(&self) -> usize {
-        self.states.iter().filter(|s| s.is_some()).count()
+        self.in_flight.images as usize
     }
 
     /// Waits for every outcome. The timeout bounds waiting without progress:
@@ -130,7 +130,7 @@ impl Batch {
     /// accepted batch is served to its end however long it is, while a stuck
     /// one (a hung worker, a queue that never moves) times out.
     pub fn wait(self) -> (Vec<String>, Vec<Outcome>) {
-        let Batch { files, mut outcomes, states, rx, timeout, _in_flight } = self;
+        let Batch { files, mut outcomes, states, rx, timeout, in_flight: _in_flight } = self;
         let mut deadline = Instant::now() + timeout;
         while outcomes.iter().any(Option::is_none) {
             let left = deadline.saturating_duration_since(Instant::now());

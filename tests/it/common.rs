@@ -347,9 +347,9 @@ pub fn metric(m: &BTreeMap<(String, String), f64>, name: &str, labels: &str) -> 
     m.get(&(name.to_string(), labels.to_string())).copied().unwrap_or(0.0)
 }
 
-/// Waits (bounded: 20 s) until the server's /metrics shows `name{labels}`
-/// meeting `cond`; what the server reports, not a guessed delay, is what
-/// the test goes on from.
+/// Scrapes /metrics until it shows `name{labels}` meeting `cond` (bounded:
+/// 20 s). Each round trip is the wait: what the server reports, not a
+/// guessed delay, is what the test goes on from.
 pub fn wait_for_metric(s: &TestServer, name: &str, labels: &str, cond: impl Fn(f64) -> bool) {
     let until = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -358,6 +358,5 @@ pub fn wait_for_metric(s: &TestServer, name: &str, labels: &str, cond: impl Fn(f
             return;
         }
         assert!(std::time::Instant::now() < until, "{name}{{{labels}}} is still {v}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -20,7 +20,7 @@ pub enum Frame {
 }
 
 /// Incremental framer: `push` bytes as they arrive, then drain `next_frame`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Framer {
     buf: Vec<u8>,
     max: usize,
@@ -280,7 +280,10 @@ mod tests {
         let mut f = Framer::new(1024);
         f.push(b"garbage{");
         assert!(matches!(all(&mut f)[..], [Frame::Garbage { .. }]));
-        assert_eq!(f.clone().finish(), None, "the rest of a reported run");
+        assert_eq!(f.finish(), None, "the rest of a reported run");
+        let mut f = Framer::new(1024);
+        f.push(b"garbage{");
+        assert!(matches!(all(&mut f)[..], [Frame::Garbage { .. }]));
         f.push(b"\n{\"cmd\"");
         assert_eq!(all(&mut f), vec![], "the run's rest ends at its line end, unreported");
         assert!(matches!(f.finish(), Some(Frame::Garbage { .. })), "the next line's unfinished request is reported");
