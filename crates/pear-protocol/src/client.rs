@@ -72,7 +72,12 @@ impl Client {
 
     /// Sends `{"cmd": code, "request_data": data}` and a newline.
     pub fn send(&mut self, code: u8, data: &Value) -> Result<(), ClientError> {
-        let mut bytes = serde_json::to_vec(&request(code, data.clone())).map_err(|e| self.invalid(e.to_string()))?;
+        self.send_value(&request(code, data.clone()))
+    }
+
+    /// Sends a whole request object (one with optional keys, say) and a newline.
+    pub fn send_value(&mut self, request: &Value) -> Result<(), ClientError> {
+        let mut bytes = serde_json::to_vec(request).map_err(|e| self.invalid(e.to_string()))?;
         bytes.push(b'\n');
         self.send_raw(&bytes)
     }

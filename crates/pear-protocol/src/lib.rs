@@ -12,5 +12,5 @@ pub mod request;
 pub mod response;
 
 pub use frame::{Frame, Framer};
-pub use request::{invalid, no_data, one_string, parse_request, string_list, InvalidRequest, Request, IMAGE_EXTENSIONS};
-pub use response::{Entry, ErrorCode, Extended, Response};
+pub use request::{invalid, no_data, one_string, parse_request, positive_option, string_list, InvalidRequest, Request, IMAGE_EXTENSIONS};
+pub use response::{Entry, ErrorCode, Extended, Fruit, Response};

@@ -7,7 +7,7 @@
 //! the argument helpers below.
 
 use super::json_string::StringScanner;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::borrow::Cow;
 
 /// A request that cannot be served; answered with error_code 1 and this message.
@@ -19,12 +19,15 @@ pub fn invalid(msg: impl Into<String>) -> InvalidRequest {
     InvalidRequest(msg.into())
 }
 
-/// One request's envelope: the command code and its still unchecked
-/// `request_data`, which the command's own `parse` (in `commands/`) validates.
+/// One request's envelope: the command code, its still unchecked
+/// `request_data`, and the envelope's other keys (0x01 reads `deadline_ms`
+/// and `fruit_id` there; like the original, other commands ignore them).
+/// The command's own `parse` (in `commands/`) validates what it reads.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     pub code: u64,
     pub data: Value,
+    pub options: Map<String, Value>,
 }
 
 impl Request {
@@ -46,7 +49,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, InvalidRequest> {
     let cmd = obj.remove("cmd").ok_or_else(|| invalid("missing key 'cmd'"))?;
     let data = obj.remove("request_data").ok_or_else(|| invalid("missing key 'request_data'"))?;
     let code = cmd.as_u64().ok_or_else(|| invalid(format!("'cmd' must be a non-negative integer, got {cmd}")))?;
-    Ok(Request { code, data })
+    Ok(Request { code, data, options: obj })
 }
 
 // Argument helpers for the commands' own parsers.
@@ -77,6 +80,15 @@ pub fn one_string(req: &Request, what: &str) -> Result<String, InvalidRequest> {
         Ok([s]) if !s.trim().is_empty() => Ok(s),
         Ok(_) => Err(invalid(format!("command {cmd} needs {what}, got an empty string"))),
         Err(l) => Err(invalid(format!("command {cmd} needs exactly one item ({what}), got {}", l.len()))),
+    }
+}
+
+/// An optional positive integer option, at most `max`.
+pub fn positive_option(req: &Request, key: &str, max: u64) -> Result<Option<u64>, InvalidRequest> {
+    let Some(v) = req.options.get(key) else { return Ok(None) };
+    match v.as_u64() {
+        Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(invalid(format!("command {}: '{key}' must be an integer from 1 to {max}, got {v}", req.name()))),
     }
 }
 
@@ -129,7 +141,11 @@ mod tests {
     #[test]
     fn parses_envelopes() {
         let r = parse_request(br#"{"cmd" : 0x32, "request_data": null }"#).unwrap();
-        assert_eq!((r.code, r.data), (0x32, Value::Null));
+        assert_eq!((r.code, r.data, r.options.len()), (0x32, Value::Null, 0));
+        let r = parse_request(br#"{"cmd": 1, "request_data": [], "deadline_ms": 0x96}"#).unwrap();
+        assert_eq!(positive_option(&r, "deadline_ms", 1000), Ok(Some(150)));
+        assert_eq!(positive_option(&r, "other", 1000), Ok(None));
+        assert!(positive_option(&r, "deadline_ms", 100).unwrap_err().0.contains("from 1 to 100, got 150"));
         assert!(parse_request(br#"{"cmd": "0x22", "request_data": null}"#).is_err());
         assert!(parse_request(br#"{"cmd": -1, "request_data": null}"#).is_err());
         assert!(parse_request(br#"{"request_data": null}"#).is_err());

@@ -95,21 +95,41 @@ impl Entry {
     }
 }
 
+/// The grade of one fruit from its views: a 0x02 answer carries it when the
+/// request named a `fruit_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fruit {
+    /// As the client sent it: a string or an integer.
+    pub fruit_id: serde_json::Value,
+    /// The grade (a class index), or null when the fruit could not be graded.
+    pub result: Option<i64>,
+    pub error_code: ErrorCode,
+    /// Views whose image was read and showed a pear.
+    pub views_judged: usize,
+    /// The file name of the view the grade comes from.
+    pub decisive_view: Option<String>,
+    pub confidence: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub cmd: Option<u8>,
     pub response_data: Vec<Entry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fruit: Option<Fruit>,
     pub request_data: Option<()>,
 }
 
 impl Response {
     pub fn new(cmd: u8, entries: Vec<Entry>) -> Self {
-        Response { cmd: Some(cmd), response_data: entries, request_data: None }
+        Response { cmd: Some(cmd), response_data: entries, fruit: None, request_data: None }
     }
 
     /// The original's protocol-level error shape (`cmd: null`).
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Response { cmd: None, response_data: vec![Entry::new(None, None, code).with_message(message)], request_data: None }
+        Response { cmd: None, response_data: vec![Entry::new(None, None, code).with_message(message)], fruit: None, request_data: None }
     }
 
     /// True when it has entries and every one is error_code 0.
@@ -151,7 +171,18 @@ mod tests {
         let mut e = Entry::new(Some("a.jpg".into()), Some(3), ErrorCode::NoError);
         e.extended =
             Some(Extended { label: Some("crack".into()), confidence: Some(0.5), bbox: Some([1.0, 2.0, 3.0, 4.0]), detected: true });
+        let mut graded = Response::new(0x02, vec![e.clone()]);
+        graded.fruit = Some(Fruit {
+            fruit_id: serde_json::json!("f-7"),
+            result: Some(3),
+            error_code: ErrorCode::NoError,
+            views_judged: 1,
+            decisive_view: Some("a.jpg".into()),
+            confidence: Some(0.5),
+            message: None,
+        });
         for r in [
+            graded,
             Response::new(0x02, vec![e, Entry::new(Some("b.jpg".into()), None, ErrorCode::ResourceNotFound)]),
             Response::error(ErrorCode::Timeout, "x"),
         ] {
