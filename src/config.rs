@@ -72,6 +72,8 @@ pub struct InferenceSection {
     /// A request's images still waiting after this many seconds without any
     /// of them being answered get error_code 4.
     pub request_timeout_secs: u64,
+    /// Largest `deadline_ms` a 0x01 may ask for; more is refused with error_code 1.
+    pub max_deadline_ms: u64,
 }
 
 impl Default for InferenceSection {
@@ -82,6 +84,7 @@ impl Default for InferenceSection {
             queue_capacity: 1024,
             max_queued_per_connection: None,
             request_timeout_secs: 60,
+            max_deadline_ms: 60_000,
         }
     }
 }
@@ -208,6 +211,20 @@ impl Default for DebugSection {
     }
 }
 
+/// Grading a fruit from several views (0x01 with `fruit_id`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FruitSection {
+    /// Views that must be judged (read, pear found) for a fruit to get a grade.
+    pub min_views_judged: usize,
+}
+
+impl Default for FruitSection {
+    fn default() -> Self {
+        FruitSection { min_views_judged: 1 }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -216,6 +233,7 @@ pub struct Config {
     pub model: ModelSection,
     pub images: ImagesSection,
     pub protocol: ProtocolSection,
+    pub fruit: FruitSection,
     pub metrics: MetricsSection,
     pub debug: DebugSection,
 }
@@ -278,6 +296,12 @@ impl Config {
         if self.inference.request_timeout_secs == 0 {
             return invalid("inference.request_timeout_secs", "must be at least 1");
         }
+        if !(1..=u64::from(u32::MAX)).contains(&self.inference.max_deadline_ms) {
+            return invalid("inference.max_deadline_ms", "must be between 1 and 4294967295");
+        }
+        if self.fruit.min_views_judged == 0 {
+            return invalid("fruit.min_views_judged", "must be at least 1");
+        }
         if self.images.max_pixels == 0 {
             return invalid("images.max_pixels", "must be at least 1");
         }
@@ -323,6 +347,8 @@ mod tests {
         assert!(e.contains("inference.workers"), "{e}");
         let e = Config::from_toml("[inference]\nthreads_per_worker = 0\n", &tmp).unwrap_err().to_string();
         assert!(e.contains("inference.threads_per_worker"), "{e}");
+        let e = Config::from_toml("[fruit]\nmin_views_judged = 0\n", &tmp).unwrap_err().to_string();
+        assert!(e.contains("fruit.min_views_judged"), "{e}");
         let e = Config::from_toml("[server]\nbogus = 1\n", &tmp).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

@@ -4,7 +4,8 @@
 //! The wire protocol (`pear_protocol`) and the model (`pear_model`) are crates
 //! of their own; this one is the server: `server` (sockets and threads: the
 //! listener, one `Connection` and `Peer` per client), `commands` (one file per
-//! protocol command), `inference` (the worker pool), `shutdown` (the signal
+//! protocol command), `inference` (the worker pool and its queue), `grade`
+//! (one grade per fruit from its views), `shutdown` (the signal
 //! every loop hears and the completion that tells main all are done),
 //! `config` (server.toml), `paths` (client paths kept in their folders),
 //! `metrics` (what `/metrics` shows).
@@ -13,6 +14,7 @@ mod commands;
 pub mod config;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod grade;
 mod inference;
 mod metrics;
 mod models;

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -66,6 +66,11 @@ pub struct Metrics {
     pub queue_wait_seconds: Histogram,
     pub inference_seconds: Histogram,
     pub settle_waits: Counter,
+    pub deadline_misses: Counter,
+    pub deadline_skipped: Counter,
+    pub deadline_lateness_seconds: Histogram,
+    pub fruits_by_class: Family<ClassLabels, Counter>,
+    pub fruits_by_error_code: Family<ErrorCodeLabels, Counter>,
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
@@ -95,6 +100,12 @@ impl Metrics {
             queue_wait_seconds: seconds_histogram(),
             inference_seconds: seconds_histogram(),
             settle_waits: Counter::default(),
+            deadline_misses: Counter::default(),
+            deadline_skipped: Counter::default(),
+            // 0 = on time; then 0.5 ms .. about 4 s late.
+            deadline_lateness_seconds: Histogram::new(std::iter::once(0.0).chain(exponential_buckets(0.0005, 2.0, 14))),
+            fruits_by_class: Family::default(),
+            fruits_by_error_code: Family::default(),
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
@@ -114,6 +125,19 @@ impl Metrics {
         r.register("queue_wait_seconds", "Time an image waited in the queue", m.queue_wait_seconds.clone());
         r.register("inference_seconds", "Time to read, decode and inspect one image", m.inference_seconds.clone());
         r.register("settle_waits", "Waits for an incomplete image file to grow (images.settle_ms)", m.settle_waits.clone());
+        r.register("deadline_misses", "0x01 images answered \"deadline missed\" (deadline_ms)", m.deadline_misses.clone());
+        r.register(
+            "deadline_skipped",
+            "Images a worker reached after their deadline, answered without being inferred",
+            m.deadline_skipped.clone(),
+        );
+        r.register(
+            "deadline_lateness_seconds",
+            "How long after its deadline an answer with deadline_ms was handed to the socket (0 = on time)",
+            m.deadline_lateness_seconds.clone(),
+        );
+        r.register("fruits_by_class", "Fruits (0x01 with fruit_id) graded, by grade", m.fruits_by_class.clone());
+        r.register("fruits_by_error_code", "Fruits (0x01 with fruit_id) answered, by error_code", m.fruits_by_error_code.clone());
         r.register("connections_open", "Open client connections", m.connections_open.clone());
         r.register("connections_accepted", "Client connections accepted", m.connections_accepted.clone());
         r.register("connections_refused", "Client connections refused (max_connections, per-address cap)", m.connections_refused.clone());
@@ -138,6 +162,19 @@ impl Metrics {
         self.request(command, answer.ok(), took);
         for image in &answer.images {
             self.image(image.error_code as u8, image.result);
+            if image.missed_deadline {
+                self.deadline_misses.inc();
+            }
+        }
+        if let Some(f) = &answer.response.fruit {
+            let code = f.error_code as u8;
+            self.fruits_by_error_code.get_or_create(&ErrorCodeLabels { error_code: code.to_string() }).inc();
+            if let (0, Some(class)) = (code, f.result) {
+                self.fruits_by_class.get_or_create(&ClassLabels { class: class.to_string() }).inc();
+            }
+        }
+        if let Some(due) = answer.deadline {
+            self.deadline_lateness_seconds.observe(Instant::now().saturating_duration_since(due).as_secs_f64());
         }
     }
 

@@ -2,17 +2,49 @@
 //!
 //! Paths are checked here (refused: error_code 1, missing: 2) so workers only
 //! see files inside the folder; the rest become jobs on the shared pool.
+//! Two optional keys beside `request_data`: `deadline_ms` (the answer is
+//! written by then, whatever is not inferred yet answering "deadline
+//! missed") and `fruit_id` (the images are views of one fruit, graded as one
+//! in the answer's `fruit`; see `grade.rs`).
 
 use super::{AnsweredImage, Answer, Command, Conn, Reply, Spec};
+use crate::grade::grade;
 use crate::inference::{Batch, Outcome};
 use crate::paths::{resolve_file, PathError};
-use pear_protocol::{invalid, string_list, Entry, ErrorCode, Extended, InvalidRequest, Request, Response, IMAGE_EXTENSIONS};
+use pear_protocol::{
+    invalid, positive_option, string_list, Entry, ErrorCode, Extended, InvalidRequest, Request, Response, IMAGE_EXTENSIONS,
+};
+use serde_json::Value;
 use std::time::Duration;
 
 pub(super) const COMMAND: Spec = Spec { code: 0x01, parse };
 
+/// Longest fruit_id string accepted.
+const MAX_FRUIT_ID: usize = 256;
+
 struct Classify {
     files: Vec<String>,
+    deadline_ms: Option<u64>,
+    fruit_id: Option<Value>,
+}
+
+/// How a batch's outcomes become the answer.
+pub struct Form {
+    /// `protocol.extended_results`: label, confidence, box, detected.
+    extended: bool,
+    /// Error entries say why (extended, or a request with the new keys: its client reads them).
+    messages: bool,
+    /// The fruit to grade, and `fruit.min_views_judged`.
+    fruit: Option<(Value, usize)>,
+}
+
+fn fruit_id(req: &Request) -> Result<Option<Value>, InvalidRequest> {
+    match req.options.get("fruit_id") {
+        None => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_FRUIT_ID => Ok(Some(Value::String(s.clone()))),
+        Some(v @ Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(v.clone())),
+        Some(v) => Err(invalid(format!("command 0x01: 'fruit_id' must be an integer or a string of 1 to {MAX_FRUIT_ID} bytes, got {v}"))),
+    }
 }
 
 fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
@@ -26,7 +58,9 @@ fn parse(req: &Request) -> Result<Box<dyn Command>, InvalidRequest> {
             return Err(invalid(format!("'{f}' is not a .jpg, .jpeg or .png file name")));
         }
     }
-    Ok(Box::new(Classify { files }))
+    // The configured maximum is checked in `apply`; this bound keeps the arithmetic sane.
+    let deadline_ms = positive_option(req, "deadline_ms", u64::from(u32::MAX))?;
+    Ok(Box::new(Classify { files, deadline_ms, fruit_id: fruit_id(req)? }))
 }
 
 impl Command for Classify {
@@ -39,6 +73,14 @@ impl Command for Classify {
                 format!("command 0x01 takes at most {max} files per request (inference.max_queued_per_connection), got {}", self.files.len()),
             ));
         }
+        let max_deadline = state.config.inference.max_deadline_ms;
+        if let Some(ms) = self.deadline_ms.filter(|ms| *ms > max_deadline) {
+            return Reply::Ready(Response::error(
+                ErrorCode::InvalidMessage,
+                format!("command 0x01: 'deadline_ms' is {ms}, more than inference.max_deadline_ms ({max_deadline})"),
+            ));
+        }
+        let deadline = self.deadline_ms.map(|ms| conn.received + Duration::from_millis(ms));
         let dir = state.images.dir();
         let paths = self
             .files
@@ -52,19 +94,35 @@ impl Command for Classify {
             .collect();
         let model = state.models.active();
         let timeout = Duration::from_secs(state.config.inference.request_timeout_secs);
-        let batch = Batch::submit(self.files, paths, model.pipeline.clone(), &state.pool, conn.cancel, timeout);
+        let batch = Batch::submit(self.files, paths, model.pipeline.clone(), &state.pool, conn.cancel, timeout, deadline);
         log::debug!("{}: 0x01 queued {} of {} image(s)", conn.peer, batch.queued(), batch.files.len());
-        Reply::Batch { batch, extended: state.config.protocol.extended_results }
+        let extended = state.config.protocol.extended_results;
+        let messages = extended || self.deadline_ms.is_some() || self.fruit_id.is_some();
+        let fruit = self.fruit_id.map(|id| (id, state.config.fruit.min_views_judged));
+        Reply::Batch { batch, form: Form { extended, messages, fruit } }
     }
 }
 
-/// The 0x02 answer for finished outcomes, in request order.
-pub(super) fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool) -> Answer {
+impl Form {
+    /// The 0x02 answer for finished outcomes, in request order.
+    pub(super) fn respond(self, files: Vec<String>, outcomes: Vec<Outcome>) -> Answer {
+        let fruit = self.fruit.map(|(id, min)| {
+            let views: Vec<(&str, &Outcome)> = files.iter().map(String::as_str).zip(&outcomes).collect();
+            grade(id, &views, min)
+        });
+        let mut answer = respond(files, outcomes, self.extended, self.messages);
+        answer.response.fruit = fruit;
+        answer
+    }
+}
+
+fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool, messages: bool) -> Answer {
     let mut images = Vec::with_capacity(files.len());
     let entries = files
         .into_iter()
         .zip(outcomes)
         .map(|(file, o)| {
+            let missed_deadline = o == Outcome::DeadlineMissed;
             let (result, code, message, ext) = match o {
                 Outcome::Done(ins) => {
                     let ext = Extended {
@@ -83,15 +141,18 @@ pub(super) fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool
                 Outcome::TimedOut => (None, ErrorCode::Timeout, Some("timed out: no image of this request was answered within inference.request_timeout_secs".into()), None),
                 Outcome::Busy(why) => (None, ErrorCode::Timeout, Some(why.message().into()), None),
                 Outcome::ShuttingDown => (None, ErrorCode::Timeout, Some("server shutting down (server.drain_timeout_secs passed)".into()), None),
+                Outcome::DeadlineMissed => (None, ErrorCode::Timeout, Some("deadline missed".into()), None),
             };
-            images.push(AnsweredImage { file: file.clone(), error_code: code, result });
+            images.push(AnsweredImage { file: file.clone(), error_code: code, result, missed_deadline });
             let mut e = Entry::new(Some(file), result, code);
-            if extended {
+            if messages {
                 e.message = message;
+            }
+            if extended {
                 e.extended = Some(ext.unwrap_or(Extended { label: None, confidence: None, bbox: None, detected: false }));
             }
             e
         })
         .collect();
-    Answer { response: Response::new(0x02, entries), images }
+    Answer { response: Response::new(0x02, entries), images, deadline: None }
 }

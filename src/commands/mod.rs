@@ -14,6 +14,7 @@ use crate::paths::{resolve_dir, PathError};
 use crate::state::State;
 use pear_protocol::{invalid, Entry, ErrorCode, InvalidRequest, Request, Response};
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Declares the command modules and the table of their `COMMAND`s.
 macro_rules! commands {
@@ -81,10 +82,10 @@ fn management<A: Send + 'static>(req: &Request, arg: A, run: fn(&A, &Conn) -> Ve
 /// What a command gives back to the connection.
 pub enum Reply {
     Ready(Response),
-    /// A 0x01 in flight; `extended` adds the optional result fields.
+    /// A 0x01 in flight.
     Batch {
         batch: Batch,
-        extended: bool,
+        form: classify::Form,
     },
 }
 
@@ -95,6 +96,8 @@ pub struct AnsweredImage {
     pub error_code: ErrorCode,
     /// The `result` the client got.
     pub result: Option<i64>,
+    /// Answered "deadline missed".
+    pub missed_deadline: bool,
 }
 
 /// A finished reply: the response to write and what it says, so nothing
@@ -104,6 +107,8 @@ pub struct Answer {
     pub response: Response,
     /// The images a 0x01 answered, in order (empty for other commands).
     pub images: Vec<AnsweredImage>,
+    /// When it was due, for a 0x01 with `deadline_ms`.
+    pub deadline: Option<Instant>,
 }
 
 impl Answer {
@@ -117,10 +122,11 @@ impl Reply {
     /// The answer to write, waiting for a batch's images if needed.
     pub fn finish(self) -> Answer {
         match self {
-            Reply::Ready(response) => Answer { response, images: Vec::new() },
-            Reply::Batch { batch, extended } => {
+            Reply::Ready(response) => Answer { response, images: Vec::new(), deadline: None },
+            Reply::Batch { batch, form } => {
+                let deadline = batch.deadline();
                 let (files, outcomes) = batch.wait();
-                classify::respond(files, outcomes, extended)
+                Answer { deadline, ..form.respond(files, outcomes) }
             }
         }
     }
@@ -131,6 +137,8 @@ pub struct Conn<'a> {
     pub state: &'a State,
     pub cancel: &'a CancelRegistry,
     pub peer: &'a str,
+    /// When the request's last byte was read (deadlines count from here).
+    pub received: Instant,
 }
 
 /// 0x30 and 0x34: move a folder to an existing directory inside `roots`;

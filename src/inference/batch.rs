@@ -4,7 +4,7 @@
 
 use super::pool::{Inspector, Job, JobState, Outcome, Pool};
 use crate::sync::lock;
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use prometheus_client::metrics::gauge::Gauge;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -66,12 +66,14 @@ pub struct Batch {
     states: Vec<Option<Arc<JobState>>>,
     rx: Receiver<(usize, Outcome)>,
     timeout: Duration,
+    deadline: Option<Instant>,
     in_flight: InFlight,
 }
 
 impl Batch {
     /// Submits one job per resolved path; `paths[i]` is `Err(outcome)` for files
-    /// already answered (refused or missing).
+    /// already answered (refused or missing). With a `deadline`, the jobs go
+    /// ahead of those without one, and `wait` ends by then.
     pub fn submit(
         files: Vec<String>,
         paths: Vec<Result<PathBuf, Outcome>>,
@@ -79,6 +81,7 @@ impl Batch {
         pool: &Pool,
         registry: &CancelRegistry,
         timeout: Duration,
+        deadline: Option<Instant>,
     ) -> Batch {
         let (tx, rx) = unbounded();
         let mut outcomes = Vec::with_capacity(files.len());
@@ -97,6 +100,7 @@ impl Batch {
                         index,
                         conn: registry.conn,
                         queued_at: Instant::now(),
+                        deadline,
                         state: state.clone(),
                         reply: tx.clone(),
                     };
@@ -117,7 +121,12 @@ impl Batch {
         let images = states.iter().filter(|s| s.is_some()).count() as i64;
         let gauge = pool.metrics().images_in_flight.clone();
         gauge.inc_by(images);
-        Batch { files, outcomes, states, rx, timeout, in_flight: InFlight { gauge, images } }
+        Batch { files, outcomes, states, rx, timeout, deadline, in_flight: InFlight { gauge, images } }
+    }
+
+    /// When the answer is due, if the request set `deadline_ms`.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Images of this batch that went into the queue.
@@ -125,25 +134,29 @@ impl Batch {
         self.in_flight.images as usize
     }
 
-    /// Waits for every outcome. The timeout bounds waiting without progress:
-    /// it restarts whenever one of this batch's images is answered, so an
-    /// accepted batch is served to its end however long it is, while a stuck
-    /// one (a hung worker, a queue that never moves) times out.
+    /// Waits for every outcome, or until the request's deadline. The timeout
+    /// bounds waiting without progress: it restarts whenever one of this
+    /// batch's images is answered, so an accepted batch is served to its end
+    /// however long it is, while a stuck one (a hung worker, a queue that
+    /// never moves) times out. At the deadline, what is not inferred yet is
+    /// "deadline missed": queued jobs are cancelled, and the result of one
+    /// still running is dropped (its sender finds this receiver gone).
     pub fn wait(self) -> (Vec<String>, Vec<Outcome>) {
-        let Batch { files, mut outcomes, states, rx, timeout, in_flight: _in_flight } = self;
-        let mut deadline = Instant::now() + timeout;
+        let Batch { files, mut outcomes, states, rx, timeout, deadline, in_flight: _in_flight } = self;
+        let mut progress = Instant::now() + timeout;
         while outcomes.iter().any(Option::is_none) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            let until = deadline.map_or(progress, |d| d.min(progress));
+            match rx.recv_deadline(until) {
                 Ok((i, o)) => {
                     if let Some(slot) = outcomes.get_mut(i) {
                         slot.get_or_insert(o);
                     }
-                    deadline = Instant::now() + timeout;
+                    progress = Instant::now() + timeout;
                 }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(_) => break, // timed out, or every job already answered
             }
         }
+        let late = deadline.is_some_and(|d| d <= Instant::now());
         let outcomes = outcomes
             .into_iter()
             .zip(states)
@@ -152,7 +165,11 @@ impl Batch {
                     if let Some(s) = s {
                         s.cancel(); // if still queued, a worker will skip it
                     }
-                    Outcome::TimedOut
+                    if late {
+                        Outcome::DeadlineMissed
+                    } else {
+                        Outcome::TimedOut
+                    }
                 })
             })
             .collect();
@@ -199,7 +216,7 @@ mod tests {
     /// Submits one image and waits until the single worker has taken it
     /// (it then blocks on the gate), so what follows only queues.
     fn occupy_worker(pool: &Pool, insp: &Arc<dyn Inspector>, reg: &CancelRegistry, p: &Path) -> Batch {
-        let b = Batch::submit(files(1), vec![Ok(p.to_path_buf())], insp.clone(), pool, reg, Duration::from_secs(30));
+        let b = Batch::submit(files(1), vec![Ok(p.to_path_buf())], insp.clone(), pool, reg, Duration::from_secs(30), None);
         while pool.queued() != 0 {
             std::thread::yield_now();
         }
@@ -217,9 +234,10 @@ mod tests {
         let insp: Arc<dyn Inspector> = Arc::new(Gated(Mutex::new(held), Mutex::default()));
         let p = png("cancel");
         let first = occupy_worker(&pool, &insp, &a, &p);
-        let big = Batch::submit(files(10), (0..10).map(|_| Ok(p.clone())).collect(), insp.clone(), &pool, &a, Duration::from_secs(30));
+        let big =
+            Batch::submit(files(10), (0..10).map(|_| Ok(p.clone())).collect(), insp.clone(), &pool, &a, Duration::from_secs(30), None);
         assert_eq!(pool.queued(), 6);
-        let small = Batch::submit(files(5), (0..5).map(|_| Ok(p.clone())).collect(), insp, &pool, &b, Duration::from_secs(30));
+        let small = Batch::submit(files(5), (0..5).map(|_| Ok(p.clone())).collect(), insp, &pool, &b, Duration::from_secs(30), None);
         assert_eq!(pool.queued(), 6 + GUARANTEED);
         assert_eq!(a.cancel_all(&pool), 6);
         assert_eq!(pool.queued(), GUARANTEED, "cancelled jobs leave the queue at once");
@@ -247,8 +265,8 @@ mod tests {
         let insp: Arc<dyn Inspector> = gated.clone();
         let (p, p5) = (png("turns"), png_sized("turns", 5));
         let first = occupy_worker(&pool, &insp, &a, &p);
-        let big = Batch::submit(files(6), (0..6).map(|_| Ok(p.clone())).collect(), insp.clone(), &pool, &a, Duration::from_secs(30));
-        let one = Batch::submit(files(1), vec![Ok(p5)], insp, &pool, &b, Duration::from_secs(30));
+        let big = Batch::submit(files(6), (0..6).map(|_| Ok(p.clone())).collect(), insp.clone(), &pool, &a, Duration::from_secs(30), None);
+        let one = Batch::submit(files(1), vec![Ok(p5)], insp, &pool, &b, Duration::from_secs(30), None);
         assert_eq!(pool.queued(), 5, "a's share is 4 waiting, b's image is the fifth");
         for _ in 0..6 {
             gate.send(()).unwrap();
@@ -259,6 +277,83 @@ mod tests {
         assert_eq!(out.iter().filter(|o| matches!(o, Outcome::Done(_))).count(), 4, "{out:?}");
         assert_eq!(&out[4..], &[Outcome::Busy(Refusal::ConnectionShare), Outcome::Busy(Refusal::ConnectionShare)]);
         assert_eq!(*gated.1.lock().unwrap(), [4, 4, 5, 4, 4, 4], "served in turn: a, a, b, then a's rest");
+    }
+
+    /// Images with a deadline go before the others, earliest deadline
+    /// first; the others keep their turns (a, d, a).
+    #[test]
+    fn deadlines_go_first_earliest_first() {
+        let pool = Pool::new(PoolOptions { capacity: 16, per_connection: 4, ..Default::default() }).unwrap();
+        let (a, b, d) = (CancelRegistry::new(1), CancelRegistry::new(2), CancelRegistry::new(3));
+        let (gate, held) = crossbeam_channel::unbounded();
+        let gated = Arc::new(Gated(Mutex::new(held), Mutex::default()));
+        let insp: Arc<dyn Inspector> = gated.clone();
+        let p = png("edf");
+        let first = occupy_worker(&pool, &insp, &a, &p);
+        let now = Instant::now();
+        let two = Batch::submit(files(2), vec![Ok(p.clone()), Ok(p.clone())], insp.clone(), &pool, &a, Duration::from_secs(30), None);
+        let later = Some(now + Duration::from_secs(60));
+        let late = Batch::submit(files(1), vec![Ok(png_sized("edf", 6))], insp.clone(), &pool, &b, Duration::from_secs(30), later);
+        let sooner = Some(now + Duration::from_secs(30));
+        let soon = Batch::submit(files(1), vec![Ok(png_sized("edf", 7))], insp.clone(), &pool, &b, Duration::from_secs(30), sooner);
+        let other = Batch::submit(files(1), vec![Ok(png_sized("edf", 5))], insp, &pool, &d, Duration::from_secs(30), None);
+        for _ in 0..6 {
+            gate.send(()).unwrap();
+        }
+        for batch in [first, two, late, soon, other] {
+            assert!(batch.wait().1.iter().all(|o| matches!(o, Outcome::Done(_))));
+        }
+        assert_eq!(*gated.1.lock().unwrap(), [4, 7, 6, 4, 5, 4]);
+    }
+
+    /// A queued image whose deadline passes is answered "deadline missed" at
+    /// the deadline, while the worker is still busy, and is never inferred.
+    #[test]
+    fn a_missed_deadline_answers_at_once_and_the_job_never_runs() {
+        let pool = Pool::new(PoolOptions::default()).unwrap();
+        let a = CancelRegistry::new(1);
+        let (gate, held) = crossbeam_channel::unbounded();
+        let gated = Arc::new(Gated(Mutex::new(held), Mutex::default()));
+        let insp: Arc<dyn Inspector> = gated.clone();
+        let p = png("missed");
+        let first = occupy_worker(&pool, &insp, &a, &p);
+        let due = Some(Instant::now() + Duration::from_millis(20));
+        let missed = Batch::submit(files(1), vec![Ok(png_sized("missed", 6))], insp.clone(), &pool, &a, Duration::from_secs(30), due);
+        // The gate is still shut: only the deadline can end this wait.
+        assert_eq!(missed.wait().1, [Outcome::DeadlineMissed]);
+        gate.send(()).unwrap();
+        gate.send(()).unwrap();
+        assert!(matches!(first.wait().1[0], Outcome::Done(_)));
+        let next = Batch::submit(files(1), vec![Ok(p)], insp, &pool, &a, Duration::from_secs(30), None);
+        assert!(matches!(next.wait().1[0], Outcome::Done(_)));
+        assert_eq!(*gated.1.lock().unwrap(), [4, 4], "the 6-pixel image was never inferred");
+    }
+
+    /// A job whose deadline has passed when a worker reaches it (nobody
+    /// cancelled it yet) is answered unrun, and counted.
+    #[test]
+    fn an_overdue_job_at_the_front_is_not_inferred() {
+        let pool = Pool::new(PoolOptions::default()).unwrap();
+        let a = CancelRegistry::new(1);
+        let (gate, held) = crossbeam_channel::unbounded();
+        let gated = Arc::new(Gated(Mutex::new(held), Mutex::default()));
+        let insp: Arc<dyn Inspector> = gated.clone();
+        let p = png("overdue");
+        let first = occupy_worker(&pool, &insp, &a, &p);
+        let due = Instant::now() + Duration::from_millis(5);
+        let late = Batch::submit(files(1), vec![Ok(png_sized("overdue", 6))], insp, &pool, &a, Duration::from_secs(30), Some(due));
+        while Instant::now() <= due {
+            std::thread::yield_now();
+        }
+        gate.send(()).unwrap();
+        assert!(matches!(first.wait().1[0], Outcome::Done(_)));
+        let until = Instant::now() + Duration::from_secs(20);
+        while pool.metrics().deadline_skipped.get() == 0 {
+            assert!(Instant::now() < until, "the worker never reached the overdue job");
+            std::thread::yield_now();
+        }
+        assert_eq!(late.wait().1, [Outcome::DeadlineMissed]);
+        assert_eq!(*gated.1.lock().unwrap(), [4]);
     }
 
     /// A test double that panics on its first image only.
@@ -279,7 +374,7 @@ mod tests {
         let insp: Arc<dyn Inspector> = Arc::new(PanicsOnce(Default::default()));
         let p = png("panic");
         let paths = (0..3).map(|_| Ok(p.clone())).collect();
-        let batch = Batch::submit(files(3), paths, insp, &pool, &CancelRegistry::default(), Duration::from_secs(30));
+        let batch = Batch::submit(files(3), paths, insp, &pool, &CancelRegistry::default(), Duration::from_secs(30), None);
         let (_, out) = batch.wait();
         assert_eq!(out[0], Outcome::Failed("inference panicked".into()));
         assert!(matches!(&out[1], Outcome::Done(i) if i.class == Some(2)), "{out:?}");

@@ -49,6 +49,8 @@ pub enum Outcome {
     Busy(Refusal),
     /// Still queued when the shutdown drain ran out of time (error_code 4).
     ShuttingDown,
+    /// Not inferred by the request's `deadline_ms` (error_code 4).
+    DeadlineMissed,
 }
 
 /// Life of a job; a job is run or cancelled exactly once (compare-and-swap).
@@ -83,6 +85,8 @@ pub struct Job {
     /// The connection that asked: its queue lane, and what a reset purges.
     pub conn: u64,
     pub queued_at: Instant,
+    /// When the request's answer is due (`deadline_ms`); such jobs go first, earliest first.
+    pub deadline: Option<Instant>,
     pub state: Arc<JobState>,
     pub reply: Sender<(usize, Outcome)>,
 }
@@ -98,6 +102,12 @@ impl Job {
         }
         let started = Instant::now();
         let m = &opts.metrics;
+        if self.deadline.is_some_and(|d| d <= started) {
+            // Its answer is already written (or being written): inferring it would only delay the next image.
+            m.deadline_skipped.inc();
+            let _ = self.reply.send((self.index, Outcome::DeadlineMissed));
+            return;
+        }
         m.queue_wait_seconds.observe(started.duration_since(self.queued_at).as_secs_f64());
         m.busy_workers.inc();
         // Reading and decoding are under the guard too: a panic anywhere in

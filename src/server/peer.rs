@@ -151,7 +151,7 @@ impl Peer {
             Ok(c) => c,
             Err(e) => return self.error(tx, e.0),
         };
-        let conn = Conn { state: &self.state, cancel: &self.cancel, peer: &self.peer };
+        let conn = Conn { state: &self.state, cancel: &self.cancel, peer: &self.peer, received: started };
         let reply = catch_unwind(AssertUnwindSafe(|| cmd.apply(&conn))).unwrap_or_else(|_| {
             log::error!("{}: handler for 0x{code:02x} panicked", self.peer);
             Reply::Ready(Response::error(ErrorCode::Internal, format!("internal error while handling 0x{code:02x}")))

@@ -40,6 +40,8 @@ pub struct Options {
     pub annotated_keep: Option<usize>,
     /// `images.settle_ms`.
     pub settle_ms: u64,
+    /// `fruit.min_views_judged`.
+    pub min_views_judged: usize,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             env: vec![],
             annotated_keep: None,
             settle_ms: 0,
+            min_views_judged: 1,
         }
     }
 }
@@ -138,6 +141,8 @@ max_file_bytes = {max_file}
 settle_ms = {settle}
 [protocol]
 extended_results = {ext}
+[fruit]
+min_views_judged = {min_views}
 "#,
             max_conn = o.max_connections,
             max_req = o.max_request_bytes,
@@ -147,6 +152,7 @@ extended_results = {ext}
             ext = o.extended,
             max_file = o.max_file_bytes,
             settle = o.settle_ms,
+            min_views = o.min_views_judged,
             idle = o.idle_timeout_secs,
             read_timeout = o.request_read_timeout_secs,
             drain = o.drain_timeout_secs,
@@ -292,6 +298,12 @@ impl Client {
             _ => false,
         }
     }
+}
+
+/// A 0x01 request for these files with extra keys, e.g. `"deadline_ms": 100`.
+pub fn classify_with(files: &[&str], extra: &str) -> String {
+    let list: Vec<String> = files.iter().map(|f| format!("{f:?}")).collect();
+    format!("{{\"cmd\": 0x01, \"request_data\": [{}], {extra}}}", list.join(", "))
 }
 
 /// The entries of a response.

@@ -7,6 +7,8 @@ mod common;
 mod cli;
 mod client;
 mod commands;
+mod deadlines;
+mod fruit;
 mod fuzz_corpus;
 mod heldout;
 mod hostile;
