@@ -112,3 +112,50 @@ fn bench_figures_match_the_servers_metrics() {
     assert_eq!(b["requests"].as_f64().unwrap(), d("pear_requests_total", "command=0x01,outcome=ok"));
     assert_eq!(b["probe_ms"]["count"].as_f64().unwrap(), d("pear_requests_total", "command=0x22,outcome=ok"));
 }
+
+#[test]
+fn classify_one_fruit_with_a_deadline() {
+    let s = TestServer::start(Options { extended: true, ..Options::default() });
+    let o = client(&s, &["classify", "--fruit", "9", "--deadline-ms", "60000", "normal_1.jpg", "rot_1.jpg"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = stdout(&o);
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("fruit 9: ") && last.contains("from rot_1.jpg") && last.contains("2 view(s) judged"), "{text}");
+    let o = client(&s, &["--json", "classify", "--fruit", "lot-1", "no_pear_1.jpg"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!((v["fruit"]["fruit_id"].as_str(), v["fruit"]["error_code"].as_i64()), (Some("lot-1"), Some(2)), "{v}");
+}
+
+/// Fruits of two views: every one graded with a deadline that is easy to
+/// meet; with a 1 ms deadline (each image takes at least 50 ms here), images
+/// miss it, and the bench's count of misses is the server's.
+#[test]
+fn bench_fruits_with_deadlines_matches_the_servers_metrics() {
+    let s = TestServer::start(Options { metrics: true, min_inference_ms: 50, ..Options::default() });
+    let m = s.metrics.unwrap().to_string();
+    let run = |deadline: &str| {
+        let before = scrape(&s);
+        let args =
+            ["--json", "bench", "--connections", "2", "--views", "2", "--deadline-ms", deadline, "--duration", "2", "--probe-ms", "0"];
+        let o = client(&s, &[&args[..], &["--metrics", &m]].concat());
+        let b: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&o)));
+        let after = scrape(&s);
+        let d = |name: &str, labels: &str| metric(&after, name, labels) - metric(&before, name, labels);
+        assert!(b["fruits"].as_f64().unwrap() > 0.0, "{b}");
+        assert_eq!(
+            b["fruits"].as_f64().unwrap(),
+            d("pear_requests_total", "command=0x01,outcome=ok") + d("pear_requests_total", "command=0x01,outcome=error")
+        );
+        assert_eq!(b["fruits_graded"].as_f64().unwrap(), d("pear_fruits_by_error_code_total", "error_code=0"), "{b}");
+        let missed = b["deadline"]["missed_images"].as_f64().unwrap();
+        assert_eq!(missed, d("pear_deadline_misses_total", ""), "{b}");
+        assert_eq!(b["deadline"]["server_counted_misses"].as_f64(), Some(missed), "{b}");
+        (b, o.status.code())
+    };
+    let (easy, code) = run("60000");
+    assert_eq!(code, Some(0));
+    assert_eq!((easy["fruits_graded"].clone(), easy["deadline"]["missed_images"].as_f64()), (easy["fruits"].clone(), Some(0.0)), "{easy}");
+    let (hard, code) = run("1");
+    assert!(hard["deadline"]["missed_images"].as_f64().unwrap() > 0.0, "no image takes less than 50 ms: {hard}");
+    assert_eq!(code, Some(1), "misses are errors");
+}

@@ -5,18 +5,18 @@
 //! some entry is an error, 2 when a server cannot be reached or answers
 //! something that is not the protocol.
 
+mod bench;
+
+use bench::BenchArgs;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pear_protocol::client::{Client, ClientError};
+use pear_protocol::client::{request, Client, ClientError};
 use pear_protocol::{Entry, Response};
-use pear_server::sync::lock;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(version, about = "Client for pear-server (the original's TCP protocol)")]
@@ -83,25 +83,13 @@ struct ClassifyArgs {
     /// protocol.extended_results = true on the server for boxes and labels).
     #[arg(long)]
     annotate: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    /// Client connections, each sending its next request when the last is answered.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Images per 0x01 request.
-    #[arg(long, default_value_t = 1)]
-    images: usize,
-    /// Image names to cycle through (relative to the server's image folder).
-    #[arg(long, value_delimiter = ',', default_value = "normal_1.jpg,rot_1.jpg,bruise_1.jpg,scab_1.jpg,no_pear_1.jpg")]
-    files: Vec<String>,
-    /// Milliseconds between 0x22 probes on their own connection (0 = no probe).
-    #[arg(long, default_value_t = 100)]
-    probe_ms: u64,
+    /// The images are views of this one fruit: the answer also grades the fruit.
+    #[arg(long, conflicts_with = "dir")]
+    fruit: Option<String>,
+    /// The answer is due this many ms after the server has the request; what is
+    /// not inferred by then answers "deadline missed".
+    #[arg(long, conflicts_with = "dir")]
+    deadline_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -110,12 +98,12 @@ fn main() -> ExitCode {
     let timeout = Duration::from_secs(cli.timeout);
     let result = match &cli.cmd {
         Cmd::Classify(a) if a.dir.is_some() => classify_dir(&servers[0], a, timeout, cli.json),
-        Cmd::Bench(b) => bench(&servers[0], b, timeout, cli.json),
+        Cmd::Bench(b) => bench::bench(&servers[0], b, timeout, cli.json),
         cmd => {
-            let Some((code, data)) = simple(cmd) else { return ExitCode::from(2) };
+            let Some(req) = simple(cmd) else { return ExitCode::from(2) };
             let mut worst = 0u8;
             for s in &servers {
-                let status = match Client::connect(s, timeout).and_then(|mut c| c.request(code, &data)) {
+                let status = match Client::connect(s, timeout).and_then(|mut c| c.send_value(&req).and_then(|()| c.recv())) {
                     Ok(answer) => {
                         print_answer(s, &answer, servers.len() > 1, cli.json);
                         u8::from(!answer.all_ok())
@@ -139,15 +127,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Request code and data of the one-request commands.
-fn simple(cmd: &Cmd) -> Option<(u8, Value)> {
-    Some(match cmd {
+/// The request of a one-request command.
+fn simple(cmd: &Cmd) -> Option<Value> {
+    let (code, data) = match cmd {
         Cmd::Classify(a) => {
             if a.files.is_empty() {
                 eprintln!("pear-client: classify needs file names or --dir");
                 return None;
             }
-            (0x01, json!(a.files))
+            let mut r = request(0x01, json!(a.files));
+            if let Some(id) = &a.fruit {
+                // An integer id goes as a number, anything else as a string.
+                r["fruit_id"] = id.parse::<i64>().map_or_else(|_| json!(id), |n| json!(n));
+            }
+            if let Some(ms) = a.deadline_ms {
+                r["deadline_ms"] = json!(ms);
+            }
+            return Some(r);
         }
         Cmd::Stop => (0x03, Value::Null),
         Cmd::Models => (0x24, Value::Null),
@@ -159,7 +155,8 @@ fn simple(cmd: &Cmd) -> Option<(u8, Value)> {
         Cmd::ImageDir { path: Some(p) } => (0x30, json!([p])),
         Cmd::ModelDir { path } => (0x34, json!([path])),
         Cmd::Bench(_) => return None,
-    })
+    };
+    Some(request(code, data))
 }
 
 fn print_answer(server: &str, answer: &Response, many: bool, as_json: bool) {
@@ -181,6 +178,17 @@ fn print_answer(server: &str, answer: &Response, many: bool, as_json: bool) {
     for e in &answer.response_data {
         let line = if classify { describe(e) } else { describe_management(e) };
         println!("{who}{line}");
+    }
+    if let Some(f) = &answer.fruit {
+        let id = f.fruit_id.as_str().map_or_else(|| f.fruit_id.to_string(), str::to_string);
+        match f.result {
+            Some(grade) => {
+                let conf = f.confidence.map(|c| format!(" {c:.2}")).unwrap_or_default();
+                let view = f.decisive_view.as_deref().unwrap_or("?");
+                println!("{who}fruit {id}: {grade} (from {view}{conf}; {} view(s) judged)", f.views_judged);
+            }
+            None => println!("{who}fruit {id}: error {}: {}", f.error_code as u8, f.message.as_deref().unwrap_or("(no message)")),
+        }
     }
 }
 
@@ -323,147 +331,4 @@ fn annotate(src: &Path, dst: &Path, e: &Entry, bbox: Option<[f32; 4]>) -> std::i
         std::fs::create_dir_all(parent)?;
     }
     img.save_with_format(dst.with_extension("jpg"), image::ImageFormat::Jpeg).map_err(std::io::Error::other)
-}
-
-#[derive(Default)]
-struct Tally {
-    requests: u64,
-    images: u64,
-    image_errors: u64,
-    /// Connections closed by a server before the request was answered (a
-    /// server draining closes after its last answer): resent on a new connection.
-    reconnects: u64,
-    latencies: Vec<Duration>,
-}
-
-/// Sends `req` and waits for its answer; when the connection was closed
-/// under it, reconnects (up to 3 times) and sends it again.
-fn request_resending(
-    conn: &mut Client,
-    server: &str,
-    req: &(u8, Value),
-    timeout: Duration,
-    reconnects: &mut u64,
-) -> Result<Response, ClientError> {
-    let mut tries = 0;
-    loop {
-        match conn.request(req.0, &req.1) {
-            Err(ClientError::Closed { .. } | ClientError::Io { .. }) if tries < 3 => {
-                tries += 1;
-                *reconnects += 1;
-                *conn = Client::connect(server, timeout)?;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn bench(server: &str, b: &BenchArgs, timeout: Duration, as_json: bool) -> Result<u8, ClientError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Mutex::new(Tally::default()));
-    let failure: Arc<Mutex<Option<ClientError>>> = Arc::default();
-    let started = Instant::now();
-    let mut threads = Vec::new();
-    for i in 0..b.connections.max(1) {
-        let mut conn = Client::connect(server, timeout)?;
-        let (stop, tally, failure) = (stop.clone(), tally.clone(), failure.clone());
-        let files: Vec<String> = (0..b.images.max(1)).map(|k| b.files[(i + k) % b.files.len().max(1)].clone()).collect();
-        let server = server.to_string();
-        threads.push(std::thread::spawn(move || {
-            let req = (0x01, json!(files));
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                let mut reconnects = 0;
-                let result = request_resending(&mut conn, &server, &req, timeout, &mut reconnects);
-                lock(&tally).reconnects += reconnects;
-                match result {
-                    Ok(answer) => {
-                        let e = &answer.response_data;
-                        let errors = e.iter().filter(|x| !x.is_ok()).count() as u64;
-                        let mut t_ = lock(&tally);
-                        t_.requests += 1;
-                        t_.images += e.len() as u64;
-                        t_.image_errors += errors;
-                        t_.latencies.push(t.elapsed());
-                    }
-                    Err(err) => {
-                        *lock(&failure) = Some(err);
-                        stop.store(true, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    let probe = (b.probe_ms > 0).then(|| {
-        let (stop, every) = (stop.clone(), Duration::from_millis(b.probe_ms));
-        let conn = Client::connect(server, timeout);
-        std::thread::spawn(move || {
-            let mut lat = Vec::new();
-            let Ok(mut conn) = conn else { return lat };
-            while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
-                if conn.request(0x22, &Value::Null).is_err() {
-                    break;
-                }
-                lat.push(t.elapsed());
-                std::thread::sleep(every.saturating_sub(t.elapsed()));
-            }
-            lat
-        })
-    });
-    let bar = ProgressBar::new((b.duration * 10.0) as u64);
-    while started.elapsed().as_secs_f64() < b.duration && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        bar.set_position((started.elapsed().as_secs_f64() * 10.0) as u64);
-    }
-    stop.store(true, Ordering::Relaxed);
-    bar.finish_and_clear();
-    for t in threads {
-        let _ = t.join();
-    }
-    let wall = started.elapsed().as_secs_f64();
-    let mut probe_lat = probe.and_then(|p| p.join().ok()).unwrap_or_default();
-    probe_lat.sort();
-    if let Some(e) = lock(&failure).take() {
-        return Err(e);
-    }
-    let mut t = std::mem::take(&mut *lock(&tally));
-    t.latencies.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let (p50, p99, max) = (percentile(&t.latencies, 0.5), percentile(&t.latencies, 0.99), t.latencies.last().copied().unwrap_or_default());
-    let probe_p99 = percentile(&probe_lat, 0.99);
-    if as_json {
-        println!(
-            "{}",
-            json!({
-                "connections": b.connections, "images_per_request": b.images, "seconds": wall,
-                "requests": t.requests, "images": t.images, "image_errors": t.image_errors, "reconnects": t.reconnects,
-                "images_per_second": t.images as f64 / wall,
-                "request_ms": { "p50": ms(p50), "p99": ms(p99), "max": ms(max) },
-                "probe_ms": { "count": probe_lat.len(), "p50": ms(percentile(&probe_lat, 0.5)), "p99": ms(probe_p99) },
-            })
-        );
-    } else {
-        println!("{} connection(s) x {} image(s) per request for {wall:.1} s against {server}", b.connections, b.images);
-        println!(
-            "  {:.1} images/s ({} images in {} requests, {} with an error)",
-            t.images as f64 / wall,
-            t.images,
-            t.requests,
-            t.image_errors
-        );
-        if t.reconnects > 0 {
-            println!("  {} request(s) resent on a new connection after a server closed one", t.reconnects);
-        }
-        println!("  request p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", ms(p50), ms(p99), ms(max));
-        println!("  0x22 probe: {} sent, p50 {:.1} ms, p99 {:.1} ms", probe_lat.len(), ms(percentile(&probe_lat, 0.5)), ms(probe_p99));
-    }
-    Ok(u8::from(t.image_errors > 0))
 }
