@@ -356,6 +356,31 @@ mod tests {
         assert_eq!(*gated.1.lock().unwrap(), [4]);
     }
 
+    /// Every job holds the worker 300 ms (`min_job`); an image due in 100 ms
+    /// cannot make it, so the idle worker answers it unrun; one due in 30 s runs.
+    #[test]
+    fn an_image_that_cannot_make_its_deadline_is_not_started() {
+        let pool = Pool::new(PoolOptions { min_job: Duration::from_millis(300), ..Default::default() }).unwrap();
+        let a = CancelRegistry::new(1);
+        let (gate, held) = crossbeam_channel::unbounded();
+        let gated = Arc::new(Gated(Mutex::new(held), Mutex::default()));
+        let insp: Arc<dyn Inspector> = gated.clone();
+        for _ in 0..3 {
+            gate.send(()).unwrap();
+        }
+        let p = png("hopeless");
+        let first = Batch::submit(files(1), vec![Ok(p.clone())], insp.clone(), &pool, &a, Duration::from_secs(30), None);
+        assert!(matches!(first.wait().1[0], Outcome::Done(_)));
+        let soon = Some(Instant::now() + Duration::from_millis(100));
+        let hopeless = Batch::submit(files(1), vec![Ok(png_sized("hopeless", 6))], insp.clone(), &pool, &a, Duration::from_secs(30), soon);
+        assert_eq!(hopeless.wait().1, [Outcome::DeadlineMissed]);
+        let later = Some(Instant::now() + Duration::from_secs(30));
+        let fine = Batch::submit(files(1), vec![Ok(p)], insp, &pool, &a, Duration::from_secs(30), later);
+        assert!(matches!(fine.wait().1[0], Outcome::Done(_)));
+        assert_eq!(*gated.1.lock().unwrap(), [4, 4], "the 6-pixel image was never inferred");
+        assert_eq!(pool.metrics().deadline_skipped.get(), 1);
+    }
+
     /// A test double that panics on its first image only.
     struct PanicsOnce(std::sync::atomic::AtomicBool);
     impl Inspector for PanicsOnce {

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod pool;
 pub mod queue;
 pub mod read;
+pub mod service_time;
 
 pub use batch::{Batch, CancelRegistry};
 pub use pool::{Outcome, Pool, PoolOptions};

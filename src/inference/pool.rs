@@ -5,6 +5,7 @@
 use super::annotated::AnnotatedDir;
 use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
+use super::service_time::ServiceTime;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
@@ -92,7 +93,7 @@ pub struct Job {
 }
 
 impl Job {
-    fn run(self, opts: &PoolOptions) {
+    fn run(self, opts: &PoolOptions, service: &ServiceTime) {
         if !self.state.start() {
             return; // cancelled (0x03, reset, timeout): the canceller has answered for it
         }
@@ -102,11 +103,19 @@ impl Job {
         }
         let started = Instant::now();
         let m = &opts.metrics;
-        if self.deadline.is_some_and(|d| d <= started) {
-            // Its answer is already written (or being written): inferring it would only delay the next image.
-            m.deadline_skipped.inc();
-            let _ = self.reply.send((self.index, Outcome::DeadlineMissed));
-            return;
+        if let Some(due) = self.deadline {
+            // Past its deadline, its answer is already written; with less time
+            // left than a job takes, its result would come too late. Either
+            // way, inferring it would only delay the images that can make it.
+            let passed = due <= started;
+            if passed || due <= started + service.estimate() {
+                if !passed {
+                    service.skipped();
+                }
+                m.deadline_skipped.inc();
+                let _ = self.reply.send((self.index, Outcome::DeadlineMissed));
+                return;
+            }
         }
         m.queue_wait_seconds.observe(started.duration_since(self.queued_at).as_secs_f64());
         m.busy_workers.inc();
@@ -119,6 +128,7 @@ impl Job {
         if let Some(rest) = opts.min_job.checked_sub(started.elapsed()) {
             std::thread::sleep(rest);
         }
+        service.observe(started.elapsed());
         // The requester may have given up (timeout, disconnect); that is fine.
         let _ = self.reply.send((self.index, outcome));
     }
@@ -226,16 +236,17 @@ impl Pool {
     /// so workers never compete for one shared pool.
     pub fn new(opts: PoolOptions) -> std::io::Result<Pool> {
         let queue = Arc::new(FairQueue::new(opts.capacity, opts.per_connection));
+        let service = Arc::new(ServiceTime::default());
         let mut handles = Vec::with_capacity(opts.workers);
         for i in 0..opts.workers {
-            let (queue, opts) = (queue.clone(), opts.clone());
+            let (queue, opts, service) = (queue.clone(), opts.clone(), service.clone());
             handles.push(std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
                 lower_priority();
                 let threads = opts.threads.max(1);
                 let serve = || {
                     supervise(i, || {
                         while let Some(job) = queue.pop() {
-                            job.run(&opts);
+                            job.run(&opts, &service);
                         }
                     })
                 };
