@@ -19,6 +19,7 @@ mod inference;
 mod metrics;
 mod models;
 mod paths;
+pub mod record;
 pub mod server;
 pub mod shutdown;
 pub mod state;

@@ -18,7 +18,27 @@ pub struct ActiveModel {
     /// File name in the model folder, as clients name it.
     pub name: String,
     pub path: PathBuf,
+    /// SHA-256 (hex) of the bytes that were loaded: which model judged an image, on record.
+    pub sha256: String,
     pub pipeline: Arc<Pipeline>,
+}
+
+/// A bundle loaded from its file, and the hash of exactly those bytes.
+pub struct Loaded {
+    pub pipeline: Pipeline,
+    pub sha256: String,
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn load_file(path: &Path, device: &Device, confidence_threshold: Option<f32>) -> Result<Loaded, ModelError> {
+    let bytes = std::fs::read(path)?;
+    let pipeline = Pipeline::from_bytes(&bytes, device, confidence_threshold)?;
+    Ok(Loaded { pipeline, sha256: sha256_hex(&bytes) })
 }
 
 pub struct ModelRegistry {
@@ -45,7 +65,7 @@ impl ModelRegistry {
         let device = Device::Cpu;
         let path = dir.join(name);
         let t = Instant::now();
-        let pipeline = Pipeline::load(&path, &device, confidence_threshold)?;
+        let Loaded { pipeline, sha256 } = load_file(&path, &device, confidence_threshold)?;
         metrics.model_load(true, t.elapsed());
         log::info!(
             "loaded {} in {:.0} ms ({}; confidence threshold {})",
@@ -55,7 +75,7 @@ impl ModelRegistry {
             pipeline.confidence_threshold()
         );
         metrics.set_active_model(name);
-        let active = ActiveModel { name: name.to_string(), path: path.canonicalize()?, pipeline: Arc::new(pipeline) };
+        let active = ActiveModel { name: name.to_string(), path: path.canonicalize()?, sha256, pipeline: Arc::new(pipeline) };
         Ok(ModelRegistry {
             active: RwLock::new(Arc::new(active)),
             dir: RwLock::new(dir.canonicalize()?),
@@ -94,9 +114,9 @@ impl ModelRegistry {
     }
 
     /// Loads a bundle fully (the caller swaps it in only on success).
-    pub fn load(&self, path: &Path) -> Result<Pipeline, ModelError> {
+    pub fn load(&self, path: &Path) -> Result<Loaded, ModelError> {
         let t = Instant::now();
-        let p = Pipeline::load(path, &self.device, self.confidence_threshold);
+        let p = load_file(path, &self.device, self.confidence_threshold);
         self.metrics.model_load(p.is_ok(), t.elapsed());
         p
     }

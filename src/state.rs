@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::sync::{read, write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 pub struct State {
@@ -18,6 +19,10 @@ pub struct State {
     pub pool: Pool,
     pub downloads: Downloads,
     pub metrics: Arc<Metrics>,
+    /// This host's name, for the records.
+    pub host: Arc<str>,
+    /// Requests received, server-wide: each one's sequence number.
+    pub requests: AtomicU64,
 }
 
 /// The folder 0x01 names are relative to, and where 0x30 may move it.

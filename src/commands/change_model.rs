@@ -24,10 +24,10 @@ fn handle(name: &str, conn: &Conn) -> Vec<Entry> {
         }
     };
     match models.load(&path) {
-        Ok(p) => {
+        Ok(loaded) => {
             let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| name.to_string());
-            log::info!("{}: active model is now {file}", conn.peer);
-            models.set_active(ActiveModel { name: file.clone(), path, pipeline: Arc::new(p) });
+            log::info!("{}: active model is now {file} (sha256 {})", conn.peer, loaded.sha256);
+            models.set_active(ActiveModel { name: file.clone(), path, sha256: loaded.sha256, pipeline: Arc::new(loaded.pipeline) });
             vec![Entry::ok(Some(file))]
         }
         Err(e) => {

@@ -7,15 +7,16 @@
 //! missed") and `fruit_id` (the images are views of one fruit, graded as one
 //! in the answer's `fruit`; see `grade.rs`).
 
-use super::{AnsweredImage, Answer, Command, Conn, Reply, Spec};
+use super::{Answer, Command, Conn, Reply, Spec};
 use crate::grade::grade;
-use crate::inference::{Batch, Outcome};
+use crate::inference::{Batch, Facts, Outcome};
+use crate::record::{now_ms, Record, RequestContext};
 use crate::paths::{resolve_file, PathError};
 use pear_protocol::{
     invalid, positive_option, string_list, Entry, ErrorCode, Extended, InvalidRequest, Request, Response, IMAGE_EXTENSIONS,
 };
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(super) const COMMAND: Spec = Spec { code: 0x01, parse };
 
@@ -36,6 +37,9 @@ pub struct Form {
     messages: bool,
     /// The fruit to grade, and `fruit.min_views_judged`.
     fruit: Option<(Value, usize)>,
+    /// For the images' records.
+    context: RequestContext,
+    received: Instant,
 }
 
 fn fruit_id(req: &Request) -> Result<Option<Value>, InvalidRequest> {
@@ -98,30 +102,43 @@ impl Command for Classify {
         log::debug!("{}: 0x01 queued {} of {} image(s)", conn.peer, batch.queued(), batch.files.len());
         let extended = state.config.protocol.extended_results;
         let messages = extended || self.deadline_ms.is_some() || self.fruit_id.is_some();
+        let context = RequestContext {
+            host: state.host.clone(),
+            peer: conn.peer.into(),
+            request: conn.request,
+            image_dir: dir.display().to_string().into(),
+            model: model.name.as_str().into(),
+            model_sha256: model.sha256.as_str().into(),
+            fruit_id: self.fruit_id.as_ref().map(Value::to_string),
+        };
         let fruit = self.fruit_id.map(|id| (id, state.config.fruit.min_views_judged));
-        Reply::Batch { batch, form: Form { extended, messages, fruit } }
+        Reply::Batch { batch, form: Form { extended, messages, fruit, context, received: conn.received } }
     }
 }
 
 impl Form {
     /// The 0x02 answer for finished outcomes, in request order.
-    pub(super) fn respond(self, files: Vec<String>, outcomes: Vec<Outcome>) -> Answer {
-        let fruit = self.fruit.map(|(id, min)| {
+    pub(super) fn respond(self, files: Vec<String>, outcomes: Vec<Outcome>, facts: Vec<Facts>) -> Answer {
+        let fruit = self.fruit.as_ref().map(|(id, min)| {
             let views: Vec<(&str, &Outcome)> = files.iter().map(String::as_str).zip(&outcomes).collect();
-            grade(id, &views, min)
+            grade(id.clone(), &views, *min)
         });
-        let mut answer = respond(files, outcomes, self.extended, self.messages);
+        let mut answer = self.entries(files, outcomes, facts);
         answer.response.fruit = fruit;
         answer
     }
-}
 
-fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool, messages: bool) -> Answer {
-    let mut images = Vec::with_capacity(files.len());
-    let entries = files
-        .into_iter()
-        .zip(outcomes)
-        .map(|(file, o)| {
+    /// The entries, and each image's record beside its entry.
+    fn entries(&self, files: Vec<String>, outcomes: Vec<Outcome>, facts: Vec<Facts>) -> Answer {
+        let (extended, messages) = (self.extended, self.messages);
+        let (time_ms, answer) = (now_ms(), self.received.elapsed());
+        let mut images = Vec::with_capacity(files.len());
+        let entries = files
+            .into_iter()
+            .zip(outcomes)
+            .zip(facts)
+            .enumerate()
+            .map(|(index, ((file, o), facts))| {
             let missed_deadline = o == Outcome::DeadlineMissed;
             let (result, code, message, ext) = match o {
                 Outcome::Done(ins) => {
@@ -143,16 +160,44 @@ fn respond(files: Vec<String>, outcomes: Vec<Outcome>, extended: bool, messages:
                 Outcome::ShuttingDown => (None, ErrorCode::Timeout, Some("server shutting down (server.drain_timeout_secs passed)".into()), None),
                 Outcome::DeadlineMissed => (None, ErrorCode::Timeout, Some("deadline missed".into()), None),
             };
-            images.push(AnsweredImage { file: file.clone(), error_code: code, result, missed_deadline });
+            let ext = ext.unwrap_or(Extended { label: None, confidence: None, bbox: None, detected: false });
+            let c = &self.context;
+            let (image_bytes, image_sha256) = facts.image.map_or((None, None), |(n, h)| (Some(n), Some(h)));
+            images.push(Record {
+                time_ms,
+                host: c.host.clone(),
+                peer: c.peer.clone(),
+                request: c.request,
+                index,
+                image_dir: c.image_dir.clone(),
+                file: file.clone(),
+                image_bytes,
+                image_sha256,
+                model: c.model.clone(),
+                model_sha256: c.model_sha256.clone(),
+                result,
+                label: ext.label.clone(),
+                confidence: ext.confidence,
+                bbox: ext.bbox,
+                detected: ext.detected,
+                error_code: code,
+                message: message.clone(),
+                missed_deadline,
+                fruit_id: c.fruit_id.clone(),
+                queue_wait: facts.queue_wait,
+                inference: facts.inference,
+                answer,
+            });
             let mut e = Entry::new(Some(file), result, code);
             if messages {
                 e.message = message;
             }
             if extended {
-                e.extended = Some(ext.unwrap_or(Extended { label: None, confidence: None, bbox: None, detected: false }));
+                e.extended = Some(ext);
             }
             e
         })
         .collect();
-    Answer { response: Response::new(0x02, entries), images, deadline: None }
+        Answer { response: Response::new(0x02, entries), images, deadline: None }
+    }
 }

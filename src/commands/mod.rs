@@ -11,6 +11,7 @@
 
 use crate::inference::{Batch, CancelRegistry};
 use crate::paths::{resolve_dir, PathError};
+use crate::record::Record;
 use crate::state::State;
 use pear_protocol::{invalid, Entry, ErrorCode, InvalidRequest, Request, Response};
 use std::path::PathBuf;
@@ -89,24 +90,13 @@ pub enum Reply {
     },
 }
 
-/// One 0x01 image as it was answered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AnsweredImage {
-    pub file: String,
-    pub error_code: ErrorCode,
-    /// The `result` the client got.
-    pub result: Option<i64>,
-    /// Answered "deadline missed".
-    pub missed_deadline: bool,
-}
-
 /// A finished reply: the response to write and what it says, so nothing
 /// downstream has to read the response again.
 #[derive(Debug)]
 pub struct Answer {
     pub response: Response,
-    /// The images a 0x01 answered, in order (empty for other commands).
-    pub images: Vec<AnsweredImage>,
+    /// The records of the images a 0x01 answered, in order (empty for other commands).
+    pub images: Vec<Record>,
     /// When it was due, for a 0x01 with `deadline_ms`.
     pub deadline: Option<Instant>,
 }
@@ -125,8 +115,8 @@ impl Reply {
             Reply::Ready(response) => Answer { response, images: Vec::new(), deadline: None },
             Reply::Batch { batch, form } => {
                 let deadline = batch.deadline();
-                let (files, outcomes) = batch.wait();
-                Answer { deadline, ..form.respond(files, outcomes) }
+                let (files, outcomes, facts) = batch.wait();
+                Answer { deadline, ..form.respond(files, outcomes, facts) }
             }
         }
     }
@@ -139,6 +129,8 @@ pub struct Conn<'a> {
     pub peer: &'a str,
     /// When the request's last byte was read (deadlines count from here).
     pub received: Instant,
+    /// The request's sequence number, server-wide.
+    pub request: u64,
 }
 
 /// 0x30 and 0x34: move a folder to an existing directory inside `roots`;

@@ -2,7 +2,7 @@
 //! The in-flight gauge is kept here alone: raised when a batch's images are
 //! queued, lowered by a guard when the batch is finished (or dropped).
 
-use super::pool::{Inspector, Job, JobState, Outcome, Pool};
+use super::pool::{Facts, Finished, Inspector, Job, JobState, Outcome, Pool};
 use crate::sync::lock;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use prometheus_client::metrics::gauge::Gauge;
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-type Queued = (Arc<JobState>, usize, Sender<(usize, Outcome)>);
+type Queued = (Arc<JobState>, usize, Sender<Finished>);
 
 /// Queued jobs of one connection, so 0x03, a reset or a broken write can cancel them.
 #[derive(Default, Clone)]
@@ -25,7 +25,7 @@ impl CancelRegistry {
         CancelRegistry { conn, jobs: Arc::default() }
     }
 
-    fn add(&self, state: Arc<JobState>, index: usize, reply: Sender<(usize, Outcome)>) {
+    fn add(&self, state: Arc<JobState>, index: usize, reply: Sender<Finished>) {
         let mut v = lock(&self.jobs);
         v.retain(|(s, ..)| s.is_queued());
         v.push((state, index, reply));
@@ -38,7 +38,7 @@ impl CancelRegistry {
         let mut n = 0;
         for (state, index, reply) in jobs {
             if state.cancel() {
-                let _ = reply.send((index, Outcome::Cancelled));
+                let _ = reply.send((index, Outcome::Cancelled, Facts::default()));
                 n += 1;
             }
         }
@@ -64,7 +64,7 @@ pub struct Batch {
     pub files: Vec<String>,
     outcomes: Vec<Option<Outcome>>,
     states: Vec<Option<Arc<JobState>>>,
-    rx: Receiver<(usize, Outcome)>,
+    rx: Receiver<Finished>,
     timeout: Duration,
     deadline: Option<Instant>,
     in_flight: InFlight,
@@ -141,15 +141,19 @@ impl Batch {
     /// never moves) times out. At the deadline, what is not inferred yet is
     /// "deadline missed": queued jobs are cancelled, and the result of one
     /// still running is dropped (its sender finds this receiver gone).
-    pub fn wait(self) -> (Vec<String>, Vec<Outcome>) {
+    pub fn wait(self) -> (Vec<String>, Vec<Outcome>, Vec<Facts>) {
         let Batch { files, mut outcomes, states, rx, timeout, deadline, in_flight: _in_flight } = self;
+        let mut facts = vec![Facts::default(); files.len()];
         let mut progress = Instant::now() + timeout;
         while outcomes.iter().any(Option::is_none) {
             let until = deadline.map_or(progress, |d| d.min(progress));
             match rx.recv_deadline(until) {
-                Ok((i, o)) => {
+                Ok((i, o, f)) => {
                     if let Some(slot) = outcomes.get_mut(i) {
-                        slot.get_or_insert(o);
+                        if slot.is_none() {
+                            *slot = Some(o);
+                            facts[i] = f;
+                        }
                     }
                     progress = Instant::now() + timeout;
                 }
@@ -173,7 +177,7 @@ impl Batch {
                 })
             })
             .collect();
-        (files, outcomes)
+        (files, outcomes, facts)
     }
 }
 
@@ -245,10 +249,10 @@ mod tests {
             gate.send(()).unwrap();
         }
         assert!(matches!(first.wait().1[0], Outcome::Done(_)));
-        let (_, out) = big.wait();
+        let (_, out, _) = big.wait();
         assert!(out[..6].iter().all(|o| *o == Outcome::Cancelled), "{out:?}");
         assert!(out[6..].iter().all(|o| *o == Outcome::Busy(Refusal::QueueFull)), "{out:?}");
-        let (_, out) = small.wait();
+        let (_, out, _) = small.wait();
         assert!(matches!(out[0], Outcome::Done(_)), "{out:?}");
         assert!(out[1..].iter().all(|o| *o == Outcome::Busy(Refusal::QueueFull)), "{out:?}");
     }
@@ -273,7 +277,7 @@ mod tests {
         }
         assert!(matches!(one.wait().1[0], Outcome::Done(_)));
         assert!(matches!(first.wait().1[0], Outcome::Done(_)));
-        let (_, out) = big.wait();
+        let (_, out, _) = big.wait();
         assert_eq!(out.iter().filter(|o| matches!(o, Outcome::Done(_))).count(), 4, "{out:?}");
         assert_eq!(&out[4..], &[Outcome::Busy(Refusal::ConnectionShare), Outcome::Busy(Refusal::ConnectionShare)]);
         assert_eq!(*gated.1.lock().unwrap(), [4, 4, 5, 4, 4, 4], "served in turn: a, a, b, then a's rest");
@@ -400,7 +404,7 @@ mod tests {
         let p = png("panic");
         let paths = (0..3).map(|_| Ok(p.clone())).collect();
         let batch = Batch::submit(files(3), paths, insp, &pool, &CancelRegistry::default(), Duration::from_secs(30), None);
-        let (_, out) = batch.wait();
+        let (_, out, _) = batch.wait();
         assert_eq!(out[0], Outcome::Failed("inference panicked".into()));
         assert!(matches!(&out[1], Outcome::Done(i) if i.class == Some(2)), "{out:?}");
         assert!(matches!(&out[2], Outcome::Done(i) if i.class == Some(2)), "{out:?}");

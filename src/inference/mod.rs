@@ -13,4 +13,4 @@ pub mod read;
 pub mod service_time;
 
 pub use batch::{Batch, CancelRegistry};
-pub use pool::{Outcome, Pool, PoolOptions};
+pub use pool::{Facts, Outcome, Pool, PoolOptions};

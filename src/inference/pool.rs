@@ -7,6 +7,7 @@ use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
 use super::service_time::ServiceTime;
 use crate::metrics::Metrics;
+use crate::models::sha256_hex;
 use crate::shutdown::Shutdown;
 use crate::sync::lock;
 use crossbeam_channel::Sender;
@@ -89,8 +90,22 @@ pub struct Job {
     /// When the request's answer is due (`deadline_ms`); such jobs go first, earliest first.
     pub deadline: Option<Instant>,
     pub state: Arc<JobState>,
-    pub reply: Sender<(usize, Outcome)>,
+    pub reply: Sender<Finished>,
 }
+
+/// What a worker measured about one image, for its record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts {
+    /// From queued to taken by a worker.
+    pub queue_wait: Option<Duration>,
+    /// Reading, decoding and inspecting.
+    pub inference: Option<Duration>,
+    /// Size and SHA-256 (hex) of the bytes that were judged, when the file was read.
+    pub image: Option<(u64, String)>,
+}
+
+/// One job's end: its index in the request, how it ended, what was measured.
+pub type Finished = (usize, Outcome, Facts);
 
 impl Job {
     fn run(self, opts: &PoolOptions, service: &ServiceTime) {
@@ -98,7 +113,7 @@ impl Job {
             return; // cancelled (0x03, reset, timeout): the canceller has answered for it
         }
         if opts.shutdown.is_stopping() {
-            let _ = self.reply.send((self.index, Outcome::ShuttingDown));
+            let _ = self.reply.send((self.index, Outcome::ShuttingDown, Facts::default()));
             return;
         }
         let started = Instant::now();
@@ -113,33 +128,45 @@ impl Job {
                     service.skipped();
                 }
                 m.deadline_skipped.inc();
-                let _ = self.reply.send((self.index, Outcome::DeadlineMissed));
+                let facts = Facts { queue_wait: Some(started.duration_since(self.queued_at)), ..Facts::default() };
+                let _ = self.reply.send((self.index, Outcome::DeadlineMissed, facts));
                 return;
             }
         }
-        m.queue_wait_seconds.observe(started.duration_since(self.queued_at).as_secs_f64());
+        let queue_wait = started.duration_since(self.queued_at);
+        m.queue_wait_seconds.observe(queue_wait.as_secs_f64());
         m.busy_workers.inc();
         // Reading and decoding are under the guard too: a panic anywhere in
         // the job answers this image and leaves the worker alive.
-        let outcome =
-            catch_unwind(AssertUnwindSafe(|| self.inspect_file(opts))).unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
-        m.inference_seconds.observe(started.elapsed().as_secs_f64());
+        let mut image = None;
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.inspect_file(opts, &mut image)))
+            .unwrap_or_else(|_| Outcome::Failed("inference panicked".into()));
+        let inference = started.elapsed();
+        m.inference_seconds.observe(inference.as_secs_f64());
         m.busy_workers.dec();
         if let Some(rest) = opts.min_job.checked_sub(started.elapsed()) {
             std::thread::sleep(rest);
         }
         service.observe(started.elapsed());
         // The requester may have given up (timeout, disconnect); that is fine.
-        let _ = self.reply.send((self.index, outcome));
+        let _ = self.reply.send((self.index, outcome, Facts { queue_wait: Some(queue_wait), inference: Some(inference), image }));
     }
 
     /// Reads and decodes the file. With `settle` set, a file that decodes as
     /// incomplete (the camera still writing it) is read again after `settle`
     /// for as long as it keeps growing, at most `SETTLE_ROUNDS` times; once it
     /// stops growing, incomplete is the answer.
-    fn read_and_decode(&self, limits: &Limits, settle: Duration, metrics: &Metrics) -> Result<RgbImage, String> {
+    /// `judged` gets the size and hash of the last bytes read.
+    fn read_and_decode(
+        &self,
+        limits: &Limits,
+        settle: Duration,
+        metrics: &Metrics,
+        judged: &mut Option<(u64, String)>,
+    ) -> Result<RgbImage, String> {
         const SETTLE_ROUNDS: usize = 20;
         let mut bytes = read_image_file(&self.path, limits.max_file_bytes)?;
+        *judged = Some((bytes.len() as u64, sha256_hex(&bytes)));
         for _ in 0..SETTLE_ROUNDS {
             match decode_image(&bytes, limits) {
                 Err(DecodeError::Incomplete(_)) if !settle.is_zero() => {
@@ -156,6 +183,7 @@ impl Job {
                         break; // not growing: the last decode's answer stands
                     }
                     bytes = again;
+                    *judged = Some((bytes.len() as u64, sha256_hex(&bytes)));
                 }
                 other => return other.map_err(|e| e.to_string()),
             }
@@ -163,8 +191,8 @@ impl Job {
         decode_image(&bytes, limits).map_err(|e| e.to_string())
     }
 
-    fn inspect_file(&self, opts: &PoolOptions) -> Outcome {
-        let img = match self.read_and_decode(&opts.limits, opts.settle, &opts.metrics) {
+    fn inspect_file(&self, opts: &PoolOptions, judged: &mut Option<(u64, String)>) -> Outcome {
+        let img = match self.read_and_decode(&opts.limits, opts.settle, &opts.metrics, judged) {
             Ok(img) => img,
             Err(m) => return Outcome::Unreadable(m),
         };

@@ -26,6 +26,7 @@ use crate::shutdown::Shutdown;
 use crate::state::{roots_or, ImageFolder, State};
 use pear_model::ModelError;
 use std::net::TcpListener;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
     })?;
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
-    let state = State { config, models, images, pool, downloads: Downloads::default(), metrics };
+    let host = crate::record::host_name().into();
+    let state = State { config, models, images, pool, downloads: Downloads::default(), metrics, host, requests: AtomicU64::new(0) };
     Ok(Server::new(listener, Arc::new(state), shutdown))
 }

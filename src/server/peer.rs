@@ -22,6 +22,7 @@ use pear_protocol::{parse_request, ErrorCode, Frame, Response};
 use std::io::Write;
 use std::net::{Shutdown as Side, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,7 +152,8 @@ impl Peer {
             Ok(c) => c,
             Err(e) => return self.error(tx, e.0),
         };
-        let conn = Conn { state: &self.state, cancel: &self.cancel, peer: &self.peer, received: started };
+        let request = self.state.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let conn = Conn { state: &self.state, cancel: &self.cancel, peer: &self.peer, received: started, request };
         let reply = catch_unwind(AssertUnwindSafe(|| cmd.apply(&conn))).unwrap_or_else(|_| {
             log::error!("{}: handler for 0x{code:02x} panicked", self.peer);
             Reply::Ready(Response::error(ErrorCode::Internal, format!("internal error while handling 0x{code:02x}")))

@@ -46,7 +46,13 @@ impl Pipeline {
     /// Loads a bundle; `confidence_threshold` overrides the bundle's suggestion.
     /// A bundle is accepted only if both networks infer finite outputs.
     pub fn load(path: &Path, dev: &Device, confidence_threshold: Option<f32>) -> Result<Self> {
-        let p = Self::from_bundle(Bundle::load(path, dev)?, dev, confidence_threshold)?;
+        Self::from_bytes(&std::fs::read(path)?, dev, confidence_threshold)
+    }
+
+    /// A bundle file's bytes, loaded and smoke-tested like `load` (the caller
+    /// keeps the bytes, to hash exactly what was loaded, say).
+    pub fn from_bytes(bytes: &[u8], dev: &Device, confidence_threshold: Option<f32>) -> Result<Self> {
+        let p = Self::from_bundle(Bundle::from_bytes(bytes, dev)?, dev, confidence_threshold)?;
         p.smoke_test()?;
         Ok(p)
     }
