@@ -211,6 +211,28 @@ impl Default for DebugSection {
     }
 }
 
+/// The inspection journal (SQLite): every answered image's record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// The database file; unset = no journal.
+    pub path: Option<PathBuf>,
+    /// Rows older than this are deleted.
+    pub retention_days: u64,
+    /// Rows kept at most (the oldest go first); 0 = no limit.
+    pub max_rows: u64,
+    /// Records waiting for the writer at most; beyond, they are dropped and counted.
+    pub queue_rows: usize,
+    /// A record is committed at most this long after it was queued.
+    pub batch_ms: u64,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection { path: None, retention_days: 90, max_rows: 10_000_000, queue_rows: 10_000, batch_ms: 200 }
+    }
+}
+
 /// Grading a fruit from several views (0x01 with `fruit_id`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -234,6 +256,7 @@ pub struct Config {
     pub images: ImagesSection,
     pub protocol: ProtocolSection,
     pub fruit: FruitSection,
+    pub journal: JournalSection,
     pub metrics: MetricsSection,
     pub debug: DebugSection,
 }
@@ -257,6 +280,7 @@ impl Config {
         c.model.allowed_roots = c.model.allowed_roots.iter().map(|p| abs(p)).collect();
         c.images.allowed_roots = c.images.allowed_roots.iter().map(|p| abs(p)).collect();
         c.debug.annotated_dir = c.debug.annotated_dir.as_deref().map(abs);
+        c.journal.path = c.journal.path.as_deref().map(abs);
         c.validate()?;
         Ok(c)
     }
@@ -298,6 +322,15 @@ impl Config {
         }
         if !(1..=u64::from(u32::MAX)).contains(&self.inference.max_deadline_ms) {
             return invalid("inference.max_deadline_ms", "must be between 1 and 4294967295");
+        }
+        if self.journal.retention_days == 0 {
+            return invalid("journal.retention_days", "must be at least 1");
+        }
+        if self.journal.queue_rows == 0 {
+            return invalid("journal.queue_rows", "must be at least 1");
+        }
+        if !(1..=1000).contains(&self.journal.batch_ms) {
+            return invalid("journal.batch_ms", "must be between 1 and 1000");
         }
         if self.fruit.min_views_judged == 0 {
             return invalid("fruit.min_views_judged", "must be at least 1");

@@ -16,6 +16,7 @@ pub mod config;
 pub mod fuzzing;
 mod grade;
 mod inference;
+pub mod journal;
 mod metrics;
 mod models;
 mod paths;

@@ -28,6 +28,12 @@ fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     pear_model::cpu::single_threaded_candle_ops();
+    // A file-size limit (ulimit -f) reached by the journal must fail that
+    // write, which the journal counts, not kill the server (SIGXFSZ's default).
+    // SAFETY: setting a signal's disposition to SIG_IGN, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     let mut config = match Config::load(&args.config) {

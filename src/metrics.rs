@@ -71,6 +71,9 @@ pub struct Metrics {
     pub deadline_lateness_seconds: Histogram,
     pub fruits_by_class: Family<ClassLabels, Counter>,
     pub fruits_by_error_code: Family<ErrorCodeLabels, Counter>,
+    pub journal_rows: Counter,
+    pub journal_errors: Counter,
+    pub journal_dropped: Counter,
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
@@ -106,6 +109,9 @@ impl Metrics {
             deadline_lateness_seconds: Histogram::new(std::iter::once(0.0).chain(exponential_buckets(0.0005, 2.0, 14))),
             fruits_by_class: Family::default(),
             fruits_by_error_code: Family::default(),
+            journal_rows: Counter::default(),
+            journal_errors: Counter::default(),
+            journal_dropped: Counter::default(),
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
@@ -138,6 +144,9 @@ impl Metrics {
         );
         r.register("fruits_by_class", "Fruits (0x01 with fruit_id) graded, by grade", m.fruits_by_class.clone());
         r.register("fruits_by_error_code", "Fruits (0x01 with fruit_id) answered, by error_code", m.fruits_by_error_code.clone());
+        r.register("journal_rows", "Inspection records written to the journal", m.journal_rows.clone());
+        r.register("journal_errors", "Inspection records lost because the journal could not be written", m.journal_errors.clone());
+        r.register("journal_dropped", "Inspection records dropped because the journal's queue was full", m.journal_dropped.clone());
         r.register("connections_open", "Open client connections", m.connections_open.clone());
         r.register("connections_accepted", "Client connections accepted", m.connections_accepted.clone());
         r.register("connections_refused", "Client connections refused (max_connections, per-address cap)", m.connections_refused.clone());

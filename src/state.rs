@@ -5,6 +5,7 @@
 use crate::commands::Downloads;
 use crate::config::Config;
 use crate::inference::Pool;
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::sync::{read, write};
@@ -23,6 +24,8 @@ pub struct State {
     pub host: Arc<str>,
     /// Requests received, server-wide: each one's sequence number.
     pub requests: AtomicU64,
+    /// `[journal]`, when on.
+    pub journal: Option<Journal>,
 }
 
 /// The folder 0x01 names are relative to, and where 0x30 may move it.

@@ -115,6 +115,10 @@ impl Drain {
             }
         }
         self.state.pool.close_and_join();
+        // Every answer is written by now: the journal gets the last of them.
+        if let Some(j) = &self.state.journal {
+            j.close();
+        }
         self.state.downloads.remove_partial();
         drained
     }

@@ -20,6 +20,7 @@ use crate::commands::Downloads;
 use crate::config::Config;
 use crate::inference::annotated::AnnotatedDir;
 use crate::inference::{Pool, PoolOptions};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::models::ModelRegistry;
 use crate::shutdown::Shutdown;
@@ -74,6 +75,8 @@ pub fn start(config: Config) -> Result<Server, StartError> {
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
     let host = crate::record::host_name().into();
-    let state = State { config, models, images, pool, downloads: Downloads::default(), metrics, host, requests: AtomicU64::new(0) };
+    let journal = Journal::start(&config.journal, metrics.clone())?;
+    let requests = AtomicU64::new(0);
+    let state = State { config, models, images, pool, downloads: Downloads::default(), metrics, host, requests, journal };
     Ok(Server::new(listener, Arc::new(state), shutdown))
 }

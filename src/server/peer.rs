@@ -185,5 +185,8 @@ fn write_loop(mut stream: TcpStream, rx: Receiver<Pending>, peer: &str, state: &
         activity.answered();
         let files = if answer.images.is_empty() { String::new() } else { format!(" files={}", answer.images.len()) };
         log::info!("{peer}: {}{files} answered in {:.1} ms", p.command, took.as_secs_f64() * 1e3);
+        if let (Some(j), false) = (&state.journal, answer.images.is_empty()) {
+            j.append(answer.images);
+        }
     }
 }

@@ -42,6 +42,14 @@ pub struct Options {
     pub settle_ms: u64,
     /// `fruit.min_views_judged`.
     pub min_views_judged: usize,
+    /// `[journal] path = "journal/inspections.sqlite"` (`TestServer::journal`).
+    pub journal: bool,
+    /// `journal.max_rows`.
+    pub journal_max_rows: Option<u64>,
+    /// Bytes written as the journal file before the server starts (a corrupt journal).
+    pub journal_seed: Option<Vec<u8>>,
+    /// RLIMIT_FSIZE for the server process: every file it writes stops at this size.
+    pub file_size_limit: Option<u64>,
 }
 
 impl Default for Options {
@@ -67,6 +75,10 @@ impl Default for Options {
             annotated_keep: None,
             settle_ms: 0,
             min_views_judged: 1,
+            journal: false,
+            journal_max_rows: None,
+            journal_seed: None,
+            file_size_limit: None,
         }
     }
 }
@@ -143,7 +155,7 @@ settle_ms = {settle}
 extended_results = {ext}
 [fruit]
 min_views_judged = {min_views}
-"#,
+{journal}"#,
             max_conn = o.max_connections,
             max_req = o.max_request_bytes,
             workers = o.workers,
@@ -153,6 +165,11 @@ min_views_judged = {min_views}
             max_file = o.max_file_bytes,
             settle = o.settle_ms,
             min_views = o.min_views_judged,
+            journal = if o.journal {
+                format!("[journal]\npath = \"journal/inspections.sqlite\"\n{}", opt("max_rows", o.journal_max_rows.map(|n| n as usize)))
+            } else {
+                String::new()
+            },
             idle = o.idle_timeout_secs,
             read_timeout = o.request_read_timeout_secs,
             drain = o.drain_timeout_secs,
@@ -164,7 +181,22 @@ min_views_judged = {min_views}
             metrics = if o.metrics { "[metrics]\nlisten = \"127.0.0.1:0\"\n" } else { "" }
         );
         std::fs::write(dir.join("server.toml"), cfg).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pear-server"))
+        if let Some(seed) = &o.journal_seed {
+            std::fs::create_dir_all(dir.join("journal")).unwrap();
+            std::fs::write(dir.join("journal/inspections.sqlite"), seed).unwrap();
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pear-server"));
+        if let Some(limit) = o.file_size_limit {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
+            unsafe {
+                cmd.pre_exec(
+                    move || if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) },
+                );
+            }
+        }
+        let mut child = cmd
             .arg("--config")
             .arg(dir.join("server.toml"))
             .env("RUST_LOG", "info,pear_server::commands=debug,pear_server::inference::pool=debug")
@@ -203,6 +235,11 @@ min_views_judged = {min_views}
         let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad HTTP answer {text:?}"));
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
+    }
+
+    /// The journal's database file (`Options::journal`).
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join("journal/inspections.sqlite")
     }
 
     /// The server's log so far (RUST_LOG=info).

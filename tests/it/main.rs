@@ -13,6 +13,7 @@ mod fuzz_corpus;
 mod heldout;
 mod hostile;
 mod images;
+mod journal;
 mod jpeg;
 mod manifests;
 mod metrics;

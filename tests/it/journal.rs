@@ -1,0 +1,194 @@
+//! The inspection journal against the real binary and a real SQLite file:
+//! its rows equal the answers the client got; a SIGTERM drain loses none; a
+//! full file system costs rows, counted, never an answer; a corrupt file is
+//! moved aside; `max_rows` keeps the newest.
+
+use crate::common::*;
+use rusqlite::Connection;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+fn sha256_file(path: &std::path::Path) -> String {
+    Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One journal row, the columns a test compares.
+#[derive(Debug, PartialEq)]
+struct Row {
+    file: String,
+    result: Option<i64>,
+    error_code: i64,
+    image_sha256: Option<String>,
+    model: String,
+    model_sha256: String,
+    fruit_id: Option<String>,
+    missed_deadline: bool,
+}
+
+fn rows(s: &TestServer) -> Vec<Row> {
+    let db = Connection::open(s.journal_path()).unwrap();
+    let mut st = db
+        .prepare(
+            "SELECT file, result, error_code, image_sha256, model, model_sha256, fruit_id, missed_deadline FROM inspections ORDER BY id",
+        )
+        .unwrap();
+    st.query_map([], |r| {
+        Ok(Row {
+            file: r.get(0)?,
+            result: r.get(1)?,
+            error_code: r.get(2)?,
+            image_sha256: r.get(3)?,
+            model: r.get(4)?,
+            model_sha256: r.get(5)?,
+            fruit_id: r.get(6)?,
+            missed_deadline: r.get(7)?,
+        })
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// The rows the answers call for: an image's hash when it was read, the model that was active.
+fn expected(s: &TestServer, answers: &[(Value, &str, Option<&str>)]) -> Vec<Row> {
+    let mut out = Vec::new();
+    for (answer, model, fruit) in answers {
+        for e in entries(answer) {
+            let file = e["file_name"].as_str().unwrap().to_string();
+            let path = s.dir.join("images").join(&file);
+            let code = e["error_code"].as_i64().unwrap();
+            out.push(Row {
+                image_sha256: (path.is_file() && code != 4).then(|| sha256_file(&path)),
+                result: e["result"].as_i64(),
+                error_code: code,
+                model: model.to_string(),
+                model_sha256: sha256_file(&s.dir.join("models").join(model)),
+                fruit_id: fruit.map(str::to_string),
+                missed_deadline: e["message"] == "deadline missed",
+                file,
+            });
+        }
+    }
+    out
+}
+
+fn drain(s: &mut TestServer) {
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
+}
+
+#[test]
+fn the_journal_holds_exactly_the_answers() {
+    let mut s = TestServer::start(Options { journal: true, metrics: true, ..Options::default() });
+    let mut c = s.client();
+    let mut answers = Vec::new();
+    let r = c.request(&classify(&["normal_1.jpg", "rot_1.jpg", "missing.jpg", "no_pear_1.jpg", "corrupt.jpg"]));
+    answers.push((r, "pear-default.safetensors", None));
+    let r = c.request(&classify_with(&["bruise_1.jpg", "scab_1.jpg"], r#""fruit_id": "lot-9""#));
+    answers.push((r, "pear-default.safetensors", Some("\"lot-9\"")));
+    assert_eq!(entries(&c.request(r#"{"cmd": 0x26, "request_data": ["second.safetensors"]}"#))[0]["error_code"], 0);
+    let r = c.request(&classify_with(&["crack_1.jpg"], r#""fruit_id": 12"#));
+    answers.push((r, "second.safetensors", Some("12")));
+    c.request(r#"{"cmd": 0x22, "request_data": null}"#); // not an image: no row
+    wait_for_metric(&s, "pear_journal_rows_total", "", |v| v == 8.0);
+    drain(&mut s);
+    let got = rows(&s);
+    assert_eq!(got, expected(&s, &answers));
+    assert!(got.iter().any(|r| r.error_code == 2 && r.image_sha256.is_none()), "missing.jpg was never read");
+    assert!(
+        got.iter().any(|r| r.file == "corrupt.jpg" && r.error_code == 2 && r.image_sha256.is_some()),
+        "corrupt.jpg was read, then refused"
+    );
+}
+
+/// Every image holds the only worker 300 ms; the SIGTERM comes while most
+/// are still queued. Each answered image is in the journal once the server
+/// has exited.
+#[test]
+fn a_sigterm_drain_loses_no_row() {
+    let mut s = TestServer::start(Options { journal: true, metrics: true, workers: 1, min_inference_ms: 300, ..Options::default() });
+    let (mut a, mut b) = (s.client(), s.client());
+    a.send(classify(&["normal_1.jpg", "rot_1.jpg", "bruise_1.jpg", "scab_1.jpg", "crack_1.jpg"]).as_bytes());
+    b.send(classify_with(&["normal_2.jpg", "no_pear_1.jpg"], r#""deadline_ms": 60000"#).as_bytes());
+    wait_for_metric(&s, "pear_images_in_flight", "", |v| v == 7.0);
+    s.signal(libc::SIGTERM);
+    let answers = vec![(a.recv(), "pear-default.safetensors", None), (b.recv(), "pear-default.safetensors", None)];
+    assert!(answers.iter().all(|(r, ..)| entries(r).iter().all(|e| e["error_code"] == 0)), "{answers:?}");
+    assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
+    let mut want = expected(&s, &answers);
+    let mut got = rows(&s);
+    // The two connections' answers may be journaled in either order.
+    want.sort_by(|x, y| x.file.cmp(&y.file));
+    got.sort_by(|x, y| x.file.cmp(&y.file));
+    assert_eq!(got, want);
+}
+
+/// Every file the server writes stops at 48 KiB, so the journal opens but
+/// soon cannot grow: its rows are lost and counted, and every answer is as
+/// without it.
+#[test]
+fn a_full_file_system_costs_rows_never_answers() {
+    let s = TestServer::start(Options {
+        journal: true,
+        metrics: true,
+        file_size_limit: Some(48 << 10),
+        env: vec![("RUST_LOG".into(), "warn".into())],
+        ..Options::default()
+    });
+    let mut c = s.client();
+    let n = 60;
+    for i in 0..n {
+        let f = ["normal_1.jpg", "rot_1.jpg", "bruise_1.jpg"][i % 3];
+        let r = c.request(&classify(&[f]));
+        assert_eq!(entries(&r)[0]["error_code"], 0, "answer {i}: {r}");
+    }
+    let total = |m: &std::collections::BTreeMap<(String, String), f64>| {
+        metric(m, "pear_journal_rows_total", "") + metric(m, "pear_journal_errors_total", "")
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let m = scrape(&s);
+        if total(&m) == n as f64 {
+            break m;
+        }
+        assert!(std::time::Instant::now() < until, "rows and errors do not add up to {n}: {m:?}");
+    };
+    assert!(metric(&m, "pear_journal_errors_total", "") > 0.0, "the limit was never reached: {m:?}");
+    assert_eq!(entries(&c.request(r#"{"cmd": 0x22, "request_data": null}"#))[0]["error_code"], 0, "still serving");
+    let log = s.log();
+    assert!(metric(&m, "pear_journal_rows_total", "") > 0.0, "it opened and wrote at first: {m:?}");
+    assert_eq!(log.matches("answers go on").count(), 1, "one log line per incident: {log}");
+    assert!(log.contains("journal: cannot write"), "{log}");
+}
+
+#[test]
+fn a_corrupt_journal_is_moved_aside_and_a_new_one_begun() {
+    let garbage = b"this was never a database, but it is somebody's data".repeat(100);
+    let mut s = TestServer::start(Options { journal: true, journal_seed: Some(garbage.clone()), ..Options::default() });
+    let r = s.client().request(&classify(&["rot_1.jpg"]));
+    drain(&mut s);
+    assert_eq!(rows(&s), expected(&s, &[(r, "pear-default.safetensors", None)]));
+    let aside: Vec<_> = std::fs::read_dir(s.dir.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("inspections.sqlite.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), garbage, "the old file is kept as it was");
+    assert!(s.log().contains("is unusable"), "{}", s.log());
+}
+
+#[test]
+fn max_rows_keeps_the_newest() {
+    let mut s = TestServer::start(Options { journal: true, journal_max_rows: Some(3), ..Options::default() });
+    let mut c = s.client();
+    c.request(&classify(&["normal_1.jpg", "normal_2.jpg", "rot_1.jpg", "bruise_1.jpg"]));
+    let last = c.request(&classify(&["scab_1.jpg", "crack_1.jpg"]));
+    drain(&mut s);
+    let files: Vec<String> = rows(&s).into_iter().map(|r| r.file).collect();
+    assert_eq!(files, ["bruise_1.jpg", "scab_1.jpg", "crack_1.jpg"], "{last}");
+    let db = Connection::open(s.journal_path()).unwrap();
+    let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(version, pear_server::journal::schema_version());
+}
