@@ -12,6 +12,7 @@
 //! most the rows of the last `batch_ms` are missing (WAL: a committed
 //! transaction survives the process).
 
+pub mod query;
 mod schema;
 mod writer;
 

@@ -92,8 +92,10 @@ fn insert(db: &mut Connection, rows: &[Record]) -> rusqlite::Result<()> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
         )?;
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        // The f32's shortest decimal (0.95345765), not its binary widening (0.9534576535224916).
+        let wide = |x: f32| x.to_string().parse::<f64>().unwrap_or(f64::from(x));
         for r in rows {
-            let b = r.bbox.map(|b| b.map(f64::from));
+            let b = r.bbox.map(|b| b.map(wide));
             st.execute(params![
                 r.time_ms,
                 &*r.host,
@@ -108,7 +110,7 @@ fn insert(db: &mut Connection, rows: &[Record]) -> rusqlite::Result<()> {
                 &*r.model_sha256,
                 r.result,
                 r.label,
-                r.confidence.map(f64::from),
+                r.confidence.map(wide),
                 b.map(|b| b[0]),
                 b.map(|b| b[1]),
                 b.map(|b| b[2]),

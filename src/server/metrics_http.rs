@@ -5,8 +5,10 @@
 //! - `/metrics`: Prometheus/OpenMetrics text (`crate::metrics`);
 //! - `/healthz`: 200 while the process serves;
 //! - `/readyz`: 200 when a model is loaded and the server is not draining,
-//!   503 while draining, so a balancer stops sending before a restart.
+//!   503 while draining, so a balancer stops sending before a restart;
+//! - `/api/inspections`, `/api/summary`: the journal's history (`api.rs`).
 
+use super::api;
 use crate::shutdown::Shutdown;
 use crate::state::State;
 use std::net::SocketAddr;
@@ -19,7 +21,8 @@ pub fn start(addr: &str, state: Arc<State>, shutdown: Shutdown) -> std::io::Resu
     let bound = server.server_addr().to_ip().ok_or_else(|| std::io::Error::other(format!("{addr} is not an IP address")))?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for req in server.incoming_requests() {
-            let path = req.url().split('?').next().unwrap_or("").to_string();
+            let (path, query) = req.url().split_once('?').unwrap_or((req.url(), ""));
+            let (path, query) = (path.to_string(), query.to_string());
             let resp = match path.as_str() {
                 "/metrics" => {
                     state.metrics.queue_depth.set(state.pool.queued() as i64);
@@ -29,7 +32,11 @@ pub fn start(addr: &str, state: Arc<State>, shutdown: Shutdown) -> std::io::Resu
                 "/healthz" => text(200, "ok\n".into(), "text/plain"),
                 "/readyz" if shutdown.is_draining() => text(503, "draining\n".into(), "text/plain"),
                 "/readyz" => text(200, format!("ready: {}\n", state.models.active().name), "text/plain"),
-                _ => text(404, "not found: try /metrics, /healthz or /readyz\n".into(), "text/plain"),
+                p if p.starts_with("/api/") => {
+                    let (status, body) = api::answer(&state, p, &query);
+                    text(status, body.to_string(), "application/json")
+                }
+                _ => text(404, "not found: try /metrics, /healthz, /readyz, /api/inspections or /api/summary\n".into(), "text/plain"),
             };
             if let Err(e) = req.respond(resp) {
                 log::debug!("metrics: cannot answer: {e}");

@@ -7,6 +7,7 @@
 //! `connection` is a socket's read side (frames and deadlines), `peer`
 //! dispatches a connection's requests and writes its answers in order.
 
+mod api;
 mod connection;
 mod listener;
 pub mod metrics_http;

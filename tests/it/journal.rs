@@ -192,3 +192,69 @@ fn max_rows_keeps_the_newest() {
     let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(version, pear_server::journal::schema_version());
 }
+
+/// `/api/inspections` and `/api/summary` over known traffic, and `pear-client history` on top.
+#[test]
+fn the_history_api_and_client_answer_from_the_journal() {
+    let s = TestServer::start(Options { journal: true, metrics: true, extended: true, ..Options::default() });
+    let mut c = s.client();
+    let first = c.request(&classify(&["normal_1.jpg", "rot_1.jpg", "missing.jpg", "sub/nested.jpg"]));
+    assert_eq!(entries(&c.request(r#"{"cmd": 0x26, "request_data": ["second.safetensors"]}"#))[0]["error_code"], 0);
+    let second = c.request(&classify(&["rot_1.jpg"]));
+    wait_for_metric(&s, "pear_journal_rows_total", "", |v| v == 5.0);
+    let api = |q: &str| {
+        let (status, body) = s.http_get(&format!("/api/inspections?{q}"));
+        assert_eq!(status, 200, "{q}: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let files = |v: &Value| -> Vec<String> {
+        v["inspections"].as_array().unwrap().iter().map(|r| r["file"].as_str().unwrap().to_string()).collect()
+    };
+    let all = api("");
+    assert_eq!(files(&all), ["rot_1.jpg", "sub/nested.jpg", "missing.jpg", "rot_1.jpg", "normal_1.jpg"], "newest first");
+    let newest = &all["inspections"][0];
+    let e = &entries(&second)[0];
+    assert_eq!((&newest["result"], &newest["label"], &newest["model"]), (&e["result"], &e["label"], &Value::from("second.safetensors")));
+    assert_eq!(newest["confidence"], e["confidence"], "the confidence the client got, digit for digit");
+    let rot = entries(&first)[1]["result"].as_i64().unwrap();
+    assert_eq!(files(&api(&format!("class={rot}"))), ["rot_1.jpg", "rot_1.jpg"]);
+    assert_eq!(files(&api("errors=1")), ["missing.jpg"]);
+    assert_eq!(files(&api("file=sub%2F")), ["sub/nested.jpg"]);
+    assert_eq!(files(&api("model=second.safetensors")), ["rot_1.jpg"]);
+    let since = newest["time_ms"].as_i64().unwrap();
+    assert_eq!(files(&api(&format!("since={since}"))), ["rot_1.jpg"]);
+    // Paging: two, then two more, then the last one and no cursor.
+    let (mut seen, mut cursor) = (Vec::new(), String::new());
+    for _ in 0..3 {
+        let page = api(&format!("limit=2{cursor}"));
+        seen.extend(files(&page));
+        cursor = page["next_cursor"].as_i64().map(|c| format!("&cursor={c}")).unwrap_or_default();
+    }
+    assert_eq!(seen, files(&all));
+    assert!(cursor.is_empty(), "the last page has no cursor");
+    assert_eq!(s.http_get("/api/inspections?limit=zero").0, 400);
+    assert_eq!(s.http_get("/api/inspections?dir=/etc").0, 400, "unknown parameters are refused, never used");
+
+    let (status, body) = s.http_get("/api/summary?bucket=86400");
+    assert_eq!(status, 200, "{body}");
+    let sum: Value = serde_json::from_str(&body).unwrap();
+    let images: i64 = sum["buckets"].as_array().unwrap().iter().map(|b| b["images"].as_i64().unwrap()).sum();
+    let errors: i64 = sum["buckets"].as_array().unwrap().iter().map(|b| b["by_error_code"]["2"].as_i64().unwrap_or(0)).sum();
+    let rots: i64 = sum["buckets"].as_array().unwrap().iter().map(|b| b["by_class"][rot.to_string()].as_i64().unwrap_or(0)).sum();
+    assert_eq!((images, errors, rots), (5, 1, 2), "{sum}");
+
+    let history = |args: &[&str]| {
+        let api = s.metrics.unwrap().to_string();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pear-client")).args(["history", "--api", &api]).args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let csv = history(&["--since", "1h", "--csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 6, "a header and five records: {csv}");
+    assert!(lines[0].starts_with("id,time_utc,file,result"), "{csv}");
+    assert!(lines.iter().any(|l| l.contains("missing.jpg") && l.contains(",2,")), "{csv}");
+    let text = history(&["--errors"]);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("missing.jpg  error 2"), "{text}");
+}

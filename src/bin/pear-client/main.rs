@@ -6,9 +6,11 @@
 //! something that is not the protocol.
 
 mod bench;
+mod history;
 
 use bench::BenchArgs;
 use clap::{Args, Parser, Subcommand};
+use history::HistoryArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use pear_protocol::client::{request, Client, ClientError};
 use pear_protocol::{Entry, Response};
@@ -58,8 +60,10 @@ enum Cmd {
     ImageDir { path: Option<String> },
     /// 0x34: change the model folder.
     ModelDir { path: String },
-    /// Closed-loop load: N connections sending 0x01 for a while, plus a 0x22 probe.
+    /// Load: N connections sending 0x01 for a while, plus a 0x22 probe.
     Bench(BenchArgs),
+    /// The journal's records (the server's /api/inspections on its metrics listener).
+    History(HistoryArgs),
 }
 
 #[derive(Args)]
@@ -92,6 +96,12 @@ struct ClassifyArgs {
     deadline_ms: Option<u64>,
 }
 
+/// Exit status 2: the server could not be reached or did not answer the protocol.
+fn fail(e: &str) -> ExitCode {
+    eprintln!("pear-client: {e}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let servers = if cli.servers.is_empty() { vec![cli.server.clone()] } else { cli.servers.clone() };
@@ -99,6 +109,10 @@ fn main() -> ExitCode {
     let result = match &cli.cmd {
         Cmd::Classify(a) if a.dir.is_some() => classify_dir(&servers[0], a, timeout, cli.json),
         Cmd::Bench(b) => bench::bench(&servers[0], b, timeout, cli.json),
+        Cmd::History(h) => match history::history(h, timeout, cli.json) {
+            Ok(code) => Ok(code),
+            Err(e) => return fail(&e),
+        },
         cmd => {
             let Some(req) = simple(cmd) else { return ExitCode::from(2) };
             let mut worst = 0u8;
@@ -154,7 +168,7 @@ fn simple(cmd: &Cmd) -> Option<Value> {
         Cmd::ImageDir { path: None } => (0x32, Value::Null),
         Cmd::ImageDir { path: Some(p) } => (0x30, json!([p])),
         Cmd::ModelDir { path } => (0x34, json!([path])),
-        Cmd::Bench(_) => return None,
+        Cmd::Bench(_) | Cmd::History(_) => return None,
     };
     Some(request(code, data))
 }
