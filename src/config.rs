@@ -188,8 +188,23 @@ pub struct ProtocolSection {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
-    /// host:port for /metrics, /healthz and /readyz; unset = off.
+    /// host:port for /metrics, /healthz, /readyz and the history API; unset = off.
     pub listen: Option<String>,
+    /// `user:password` the history API asks for (HTTP basic auth). Required
+    /// when `listen` is not a loopback address: the API shows judgements and
+    /// image names. /metrics, /healthz and /readyz stay open for scrapers.
+    pub credentials: Option<String>,
+    /// A file holding `user:password` (one line), instead of `credentials`.
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl MetricsSection {
+    /// True when `listen` can only be reached from this host.
+    pub fn is_loopback(&self) -> bool {
+        let Some(listen) = &self.listen else { return true };
+        let host = listen.rsplit_once(':').map_or(listen.as_str(), |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 /// Knobs for tests and troubleshooting; off by default.
@@ -281,6 +296,13 @@ impl Config {
         c.images.allowed_roots = c.images.allowed_roots.iter().map(|p| abs(p)).collect();
         c.debug.annotated_dir = c.debug.annotated_dir.as_deref().map(abs);
         c.journal.path = c.journal.path.as_deref().map(abs);
+        if let Some(f) = c.metrics.credentials_file.as_deref().map(abs) {
+            let text = std::fs::read_to_string(&f).map_err(|e| ConfigError::Invalid {
+                key: "metrics.credentials_file",
+                problem: format!("cannot read {}: {e}", f.display()),
+            })?;
+            c.metrics.credentials = Some(text.trim().to_string());
+        }
         c.validate()?;
         Ok(c)
     }
@@ -322,6 +344,17 @@ impl Config {
         }
         if !(1..=u64::from(u32::MAX)).contains(&self.inference.max_deadline_ms) {
             return invalid("inference.max_deadline_ms", "must be between 1 and 4294967295");
+        }
+        if let Some(cred) = &self.metrics.credentials {
+            if !cred.split_once(':').is_some_and(|(u, p)| !u.is_empty() && !p.is_empty()) {
+                return invalid("metrics.credentials", "must be user:password, both non-empty");
+            }
+        }
+        if !self.metrics.is_loopback() && self.metrics.credentials.is_none() {
+            return invalid(
+                "metrics.credentials",
+                "metrics.listen is not a loopback address, and the history API shows what was judged: set metrics.credentials or metrics.credentials_file (user:password)",
+            );
         }
         if self.journal.retention_days == 0 {
             return invalid("journal.retention_days", "must be at least 1");
@@ -380,6 +413,13 @@ mod tests {
         assert!(e.contains("inference.workers"), "{e}");
         let e = Config::from_toml("[inference]\nthreads_per_worker = 0\n", &tmp).unwrap_err().to_string();
         assert!(e.contains("inference.threads_per_worker"), "{e}");
+        let e = Config::from_toml("[metrics]\nlisten = \"0.0.0.0:9091\"\n", &tmp).unwrap_err().to_string();
+        assert!(e.contains("metrics.credentials"), "{e}");
+        let e = Config::from_toml("[metrics]\nlisten = \"[::]:9091\"\ncredentials = \"nopassword\"\n", &tmp).unwrap_err().to_string();
+        assert!(e.contains("user:password"), "{e}");
+        for ok in ["127.0.0.1:9091", "localhost:1", "[::1]:9091"] {
+            assert!(MetricsSection { listen: Some(ok.into()), ..Default::default() }.is_loopback(), "{ok}");
+        }
         let e = Config::from_toml("[fruit]\nmin_views_judged = 0\n", &tmp).unwrap_err().to_string();
         assert!(e.contains("fruit.min_views_judged"), "{e}");
         let e = Config::from_toml("[server]\nbogus = 1\n", &tmp).unwrap_err().to_string();

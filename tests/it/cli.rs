@@ -24,6 +24,8 @@ fn bad_config_names_the_key() {
         ("[model]\nconfidence_threshold = 2.0\n", "model.confidence_threshold"),
         ("[images]\ndir = \"/no/such/folder\"\n", "images.dir"),
         ("[protocl]\nextended_results = true\n", "protocl"),
+        // The history API on every interface and nobody asked for a password: refused.
+        ("[metrics]\nlisten = \"0.0.0.0:9091\"\n", "metrics.credentials"),
     ];
     for (i, (toml, key)) in cases.iter().enumerate() {
         let p = dir.join(format!("bad{i}.toml"));

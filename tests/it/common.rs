@@ -50,6 +50,10 @@ pub struct Options {
     pub journal_seed: Option<Vec<u8>>,
     /// RLIMIT_FSIZE for the server process: every file it writes stops at this size.
     pub file_size_limit: Option<u64>,
+    /// `metrics.listen` instead of `127.0.0.1:0` (with `metrics`).
+    pub metrics_listen: Option<String>,
+    /// `metrics.credentials`.
+    pub metrics_credentials: Option<String>,
 }
 
 impl Default for Options {
@@ -79,6 +83,8 @@ impl Default for Options {
             journal_max_rows: None,
             journal_seed: None,
             file_size_limit: None,
+            metrics_listen: None,
+            metrics_credentials: None,
         }
     }
 }
@@ -178,7 +184,13 @@ min_views_judged = {min_views}
             min_ms = o.min_inference_ms,
             hosts = hosts.join(", "),
             annotated = o.annotated_keep.map(|k| format!("annotated_dir = \"annotated\"\nannotated_keep = {k}\n")).unwrap_or_default(),
-            metrics = if o.metrics { "[metrics]\nlisten = \"127.0.0.1:0\"\n" } else { "" }
+            metrics = if o.metrics {
+                let listen = o.metrics_listen.as_deref().unwrap_or("127.0.0.1:0");
+                let cred = o.metrics_credentials.as_ref().map(|c| format!("credentials = {c:?}\n")).unwrap_or_default();
+                format!("[metrics]\nlisten = {listen:?}\n{cred}")
+            } else {
+                String::new()
+            }
         );
         std::fs::write(dir.join("server.toml"), cfg).unwrap();
         if let Some(seed) = &o.journal_seed {
@@ -226,10 +238,15 @@ min_views_judged = {min_views}
 
     /// GET `path` on the metrics listener: (status, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
+        self.http_get_with(path, "")
+    }
+
+    /// GET with extra header lines (each ending in \r\n).
+    pub fn http_get_with(&self, path: &str, headers: &str) -> (u16, String) {
         let addr = self.metrics.expect("started with Options::metrics");
-        let mut s = TcpStream::connect(addr).unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad HTTP answer {text:?}"));

@@ -258,3 +258,27 @@ fn the_history_api_and_client_answer_from_the_journal() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("missing.jpg  error 2"), "{text}");
 }
+
+/// A listener on every interface needs credentials: the history API asks
+/// for them (401 without, 200 with), the scrapers' endpoints stay open.
+#[test]
+fn the_history_api_asks_for_credentials_off_loopback() {
+    let s = TestServer::start(Options {
+        journal: true,
+        metrics: true,
+        metrics_listen: Some("0.0.0.0:0".into()),
+        metrics_credentials: Some("line:s3cret".into()),
+        ..Options::default()
+    });
+    s.client().request(&classify(&["rot_1.jpg"]));
+    wait_for_metric(&s, "pear_journal_rows_total", "", |v| v == 1.0);
+    for path in ["/api/inspections", "/api/summary"] {
+        assert_eq!(s.http_get(path).0, 401, "{path}");
+        assert_eq!(s.http_get_with(path, "Authorization: Basic bGluZTp3cm9uZw==\r\n").0, 401, "{path}: line:wrong");
+        let (status, body) = s.http_get_with(path, "Authorization: Basic bGluZTpzM2NyZXQ=\r\n"); // line:s3cret
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    for open in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(s.http_get(open).0, 200, "{open}");
+    }
+}
