@@ -93,6 +93,47 @@ fn row_json(r: &Row) -> rusqlite::Result<Value> {
     }))
 }
 
+/// What a thumbnail of record `id` needs: where its image was, and the answer to draw on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub image_dir: String,
+    pub file: String,
+    pub image_sha256: Option<String>,
+    pub result: Option<i64>,
+    pub label: Option<String>,
+    pub confidence: Option<f64>,
+    pub bbox: Option<[f32; 4]>,
+    pub detected: bool,
+}
+
+/// Record `id`'s image and answer, if the journal has it.
+pub fn judged(path: &Path, id: i64) -> Result<Option<Judged>, String> {
+    let db = open(path)?;
+    let mut st = db
+        .prepare(
+            "SELECT image_dir, file, image_sha256, result, label, confidence, bbox_x1, bbox_y1, bbox_x2, bbox_y2, detected
+             FROM inspections WHERE id = ?1",
+        )
+        .map_err(|e| e.to_string())?;
+    let mut rows = st.query([id]).map_err(|e| e.to_string())?;
+    let Some(r) = rows.next().map_err(|e| e.to_string())? else { return Ok(None) };
+    let get = |e: rusqlite::Error| e.to_string();
+    let b: [Option<f64>; 4] = [r.get(6).map_err(get)?, r.get(7).map_err(get)?, r.get(8).map_err(get)?, r.get(9).map_err(get)?];
+    Ok(Some(Judged {
+        image_dir: r.get(0).map_err(get)?,
+        file: r.get(1).map_err(get)?,
+        image_sha256: r.get(2).map_err(get)?,
+        result: r.get(3).map_err(get)?,
+        label: r.get(4).map_err(get)?,
+        confidence: r.get(5).map_err(get)?,
+        bbox: match b {
+            [Some(a), Some(b), Some(c), Some(d)] => Some([a as f32, b as f32, c as f32, d as f32]),
+            _ => None,
+        },
+        detected: r.get(10).map_err(get)?,
+    }))
+}
+
 /// Newest first, at most `limit`; `next_cursor` (an id) asks for the page after, null at the end.
 pub fn inspections(path: &Path, f: &Filter, limit: u32) -> Result<Value, String> {
     let db = open(path)?;
@@ -145,9 +186,28 @@ pub fn summary(path: &Path, f: &Filter, bucket_secs: u32) -> Result<Value, Strin
             bump(&mut b.1, class.to_string());
         }
     }
+    drop(rows);
+    // Answer times per bucket, for p50/p99 (SQLite has no percentile function).
+    let sql = format!("SELECT (time_ms / {bucket_ms}) * {bucket_ms}, answer_ms FROM inspections WHERE {cond}");
+    let mut st = db.prepare(&sql).map_err(|e| e.to_string())?;
+    let mut times: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+    let (_, params) = f.sql();
+    let mut rows = st.query(rusqlite::params_from_iter(params)).map_err(|e| e.to_string())?;
+    while let Some(r) = rows.next().map_err(|e| e.to_string())? {
+        let (start, ms): (i64, f64) = (r.get(0).map_err(|e| e.to_string())?, r.get(1).map_err(|e| e.to_string())?);
+        times.entry(start).or_default().push(ms);
+    }
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v.get(((v.len().max(1) - 1) as f64 * p).round() as usize).copied()
+    };
     let list: Vec<Value> = buckets
         .into_iter()
-        .map(|(start, (n, by_class, by_code))| json!({ "start_ms": start, "images": n, "by_class": by_class, "by_error_code": by_code }))
+        .map(|(start, (n, by_class, by_code))| {
+            let mut t = times.remove(&start).unwrap_or_default();
+            json!({ "start_ms": start, "images": n, "by_class": by_class, "by_error_code": by_code,
+                    "answer_ms_p50": pct(&mut t, 0.5), "answer_ms_p99": pct(&mut t, 0.99) })
+        })
         .collect();
     Ok(json!({ "bucket_seconds": bucket_ms / 1000, "buckets": list }))
 }

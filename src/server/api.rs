@@ -1,5 +1,6 @@
 //! The history API on the metrics listener: `GET /api/inspections` and
-//! `GET /api/summary`, JSON over the journal (`journal/query.rs`). Query
+//! `GET /api/summary`, JSON over the journal (`journal/query.rs`), and
+//! `GET /api/status` (the active model, its classes, the queue). Query
 //! parameters become SQL parameters, never paths or SQL text.
 //!
 //! - `since`, `until`: UTC ms since 1970 (`until` exclusive);
@@ -15,6 +16,9 @@ use serde_json::{json, Value};
 
 /// (status, JSON body) for an `/api/...` path and its query string.
 pub fn answer(state: &State, path: &str, query_string: &str) -> (u16, Value) {
+    if path == "/api/status" {
+        return (200, status(state));
+    }
     let Some(journal) = state.config.journal.path.as_deref() else {
         return (404, json!({ "error": "the journal is off ([journal] path is unset)" }));
     };
@@ -31,6 +35,22 @@ pub fn answer(state: &State, path: &str, query_string: &str) -> (u16, Value) {
         Ok(v) => (200, v),
         Err(e) => (503, json!({ "error": format!("journal: {e}") })),
     }
+}
+
+/// What the dashboard shows beside the history: the model, the queue, the workers.
+fn status(state: &State) -> Value {
+    let model = state.models.active();
+    let m = &state.metrics;
+    json!({
+        "host": &*state.host,
+        "model": model.name,
+        "model_sha256": model.sha256,
+        "classes": model.pipeline.meta.classifier.class_names,
+        "queue_depth": state.pool.queued(),
+        "images_in_flight": m.images_in_flight.get(),
+        "busy_workers": m.busy_workers.get(),
+        "journal": state.config.journal.path.is_some(),
+    })
 }
 
 #[derive(Debug, Default)]

@@ -9,11 +9,13 @@
 
 mod api;
 mod connection;
+mod dashboard;
 mod listener;
 pub mod metrics_http;
 mod peer;
 mod slot;
 pub mod systemd;
+mod thumbnail;
 
 pub use listener::{Drain, Server};
 

@@ -247,8 +247,9 @@ min_views_judged = {min_views}
         let mut s = TcpStream::connect(("127.0.0.1", addr.port())).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
+        let mut bytes = Vec::new();
+        s.read_to_end(&mut bytes).unwrap();
+        let text = String::from_utf8_lossy(&bytes); // an image's body is not text
         let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad HTTP answer {text:?}"));
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod client;
 mod commands;
+mod dashboard;
 mod deadlines;
 mod fruit;
 mod fuzz_corpus;
