@@ -2,11 +2,10 @@
 //! that answered known traffic, runs the page's script, and the DOM it dumps
 //! shows the counts and thumbnails that traffic calls for.
 //!
-//! The browser test is `#[ignore]`d in the plain `cargo test`: run beside
-//! other tests' servers, chromium's virtual time was seen to stall for
-//! minutes (alone it takes about 2 s). `.ci/run` installs Debian's chromium
-//! and runs it alone with PEAR_REQUIRE_BROWSER=1 (a missing browser fails):
-//! `cargo test --test it -- --ignored --test-threads=1 dashboard`.
+//! The browser test is `#[ignore]`d: headless Chromium's virtual time
+//! stalls for minutes on some runs (most runs take 2-3 s; cause not found,
+//! issue #16), so neither `cargo test` nor `.ci/run` runs it yet. By hand:
+//! `PEAR_REQUIRE_BROWSER=1 cargo test --test it -- --ignored --test-threads=1 dashboard`.
 
 use crate::common::*;
 use std::collections::BTreeMap;
@@ -34,6 +33,10 @@ fn dump_dom(browser: &str, s: &TestServer) -> String {
     let mut child = Command::new(browser)
         // The old headless mode honours --virtual-time-budget with fetches in flight.
         .args(["--headless=old", "--no-sandbox", "--disable-gpu", "--disable-breakpad", "--virtual-time-budget=8000", "--dump-dom"])
+        // Virtual time waits for every fetch in flight, chromium's own background
+        // requests too, which go nowhere without internet: none of those.
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"])
+        .args(["--disable-domain-reliability", "--disable-client-side-phishing-detection", "--disable-default-apps"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(&url)
         .stdin(std::process::Stdio::null())
@@ -75,7 +78,7 @@ fn text_of<'a>(dom: &'a str, id: &str) -> Option<&'a str> {
 }
 
 #[test]
-#[ignore = "needs chromium; .ci/run runs it alone"]
+#[ignore = "needs chromium, and stalls on some runs (issue #16)"]
 fn the_dashboard_shows_the_traffic_in_a_real_browser() {
     let Some(browser) = chromium() else { return };
     let s = TestServer::start(Options { journal: true, metrics: true, ..Options::default() });
