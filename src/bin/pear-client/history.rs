@@ -1,6 +1,7 @@
 //! `pear-client history`: the journal's records through the server's
 //! `/api/inspections`, newest first, as text, CSV or JSON lines.
 
+use crate::csv_field;
 use clap::Args;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -92,14 +93,6 @@ fn get(addr: &str, path: &str, timeout: Duration) -> Result<Value, String> {
         return Err(format!("{addr}: {status}: {}", v["error"].as_str().unwrap_or(body)));
     }
     Ok(v)
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
 }
 
 fn field(v: &Value) -> String {

@@ -257,7 +257,8 @@ fn list_images(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
-fn csv_field(s: &str) -> String {
+/// A CSV cell, quoted when it needs to be (the folder report and `history --csv`).
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
