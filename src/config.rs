@@ -240,11 +240,33 @@ pub struct JournalSection {
     pub queue_rows: usize,
     /// A record is committed at most this long after it was queued.
     pub batch_ms: u64,
+    /// Which images to keep a copy of, for relabelling.
+    pub capture: Capture,
+    /// `capture = "uncertain"`: classifier confidence below this (or no pear found).
+    pub capture_below: f32,
+    /// Bytes of captured images kept at most; the oldest go first.
+    pub capture_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capture {
+    Off,
+    Uncertain,
 }
 
 impl Default for JournalSection {
     fn default() -> Self {
-        JournalSection { path: None, retention_days: 90, max_rows: 10_000_000, queue_rows: 10_000, batch_ms: 200 }
+        JournalSection {
+            path: None,
+            retention_days: 90,
+            max_rows: 10_000_000,
+            queue_rows: 10_000,
+            batch_ms: 200,
+            capture: Capture::Off,
+            capture_below: 0.6,
+            capture_max_bytes: 1 << 30,
+        }
     }
 }
 
@@ -364,6 +386,15 @@ impl Config {
         }
         if !(1..=1000).contains(&self.journal.batch_ms) {
             return invalid("journal.batch_ms", "must be between 1 and 1000");
+        }
+        if self.journal.capture != Capture::Off && self.journal.path.is_none() {
+            return invalid("journal.capture", "needs journal.path: a captured image is named by its journal record");
+        }
+        if !(0.0..=1.0).contains(&self.journal.capture_below) {
+            return invalid("journal.capture_below", "must be between 0 and 1 (a classifier confidence)");
+        }
+        if self.journal.capture_max_bytes == 0 {
+            return invalid("journal.capture_max_bytes", "must be at least 1");
         }
         if self.fruit.min_views_judged == 0 {
             return invalid("fruit.min_views_judged", "must be at least 1");

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub journal_rows: Counter,
     pub journal_errors: Counter,
     pub journal_dropped: Counter,
+    pub journal_captured: Counter,
+    pub journal_capture_failures: Counter,
+    pub journal_captured_bytes: Gauge,
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
@@ -112,6 +115,9 @@ impl Metrics {
             journal_rows: Counter::default(),
             journal_errors: Counter::default(),
             journal_dropped: Counter::default(),
+            journal_captured: Counter::default(),
+            journal_capture_failures: Counter::default(),
+            journal_captured_bytes: Gauge::default(),
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
@@ -147,6 +153,17 @@ impl Metrics {
         r.register("journal_rows", "Inspection records written to the journal", m.journal_rows.clone());
         r.register("journal_errors", "Inspection records lost because the journal could not be written", m.journal_errors.clone());
         r.register("journal_dropped", "Inspection records dropped because the journal's queue was full", m.journal_dropped.clone());
+        r.register("journal_captured", "Uncertain images kept for relabelling (journal.capture)", m.journal_captured.clone());
+        r.register(
+            "journal_capture_failures",
+            "Uncertain images not kept: gone or changed since judged, too large, or not writable",
+            m.journal_capture_failures.clone(),
+        );
+        r.register(
+            "journal_captured_bytes",
+            "Bytes of captured images kept (at most journal.capture_max_bytes)",
+            m.journal_captured_bytes.clone(),
+        );
         r.register("connections_open", "Open client connections", m.connections_open.clone());
         r.register("connections_accepted", "Client connections accepted", m.connections_accepted.clone());
         r.register("connections_refused", "Client connections refused (max_connections, per-address cap)", m.connections_refused.clone());

@@ -11,14 +11,18 @@
 //! a SIGTERM every answered image is in the journal; after a `kill -9` at
 //! most the rows of the last `batch_ms` are missing (WAL: a committed
 //! transaction survives the process).
+//!
+//! With `capture = "uncertain"` the writer also keeps a copy of each
+//! uncertain image, named by its row's id (`capture.rs`).
 
+mod capture;
 pub mod query;
 mod schema;
 mod writer;
 
 pub use schema::current as schema_version;
 
-use crate::config::JournalSection;
+use crate::config::{Capture, JournalSection};
 use crate::metrics::Metrics;
 use crate::record::Record;
 use crate::sync::lock;
@@ -42,11 +46,17 @@ impl Journal {
     pub fn start(cfg: &JournalSection, metrics: Arc<Metrics>) -> std::io::Result<Option<Journal>> {
         let Some(path) = cfg.path.clone() else { return Ok(None) };
         let (tx, rx) = bounded(cfg.queue_rows);
+        let capture = (cfg.capture == Capture::Uncertain).then(|| capture::Settings {
+            dir: path.parent().unwrap_or(std::path::Path::new(".")).join("captured"),
+            below: cfg.capture_below,
+            max_bytes: cfg.capture_max_bytes,
+        });
         let settings = writer::Settings {
             path,
             batch: std::time::Duration::from_millis(cfg.batch_ms),
             retention: std::time::Duration::from_secs(cfg.retention_days * 86_400),
             max_rows: cfg.max_rows,
+            capture,
         };
         let m = metrics.clone();
         let handle = std::thread::Builder::new().name("journal".into()).spawn(move || writer::run(rx, settings, &m))?;

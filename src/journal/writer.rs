@@ -1,6 +1,7 @@
 //! The journal's one writer thread: opens the database (moving a corrupt one
 //! aside), writes batches of records in transactions, prunes old rows.
 
+use super::capture::{self, Capture};
 use super::schema;
 use crate::metrics::Metrics;
 use crate::record::{now_ms, Record};
@@ -22,6 +23,8 @@ pub struct Settings {
     pub retention: Duration,
     /// 0 = no limit.
     pub max_rows: u64,
+    /// `capture = "uncertain"`.
+    pub capture: Option<capture::Settings>,
 }
 
 enum OpenError {
@@ -60,13 +63,15 @@ fn try_open(path: &Path) -> Result<Connection, OpenError> {
 }
 
 /// Opens the journal; an unusable file (and its -wal, -shm) is renamed to
-/// `<path>.corrupt-<unix time>` and a new journal begun.
-fn open(path: &Path) -> Result<Connection, String> {
+/// `<path>.corrupt-<unix time>` and a new journal begun. With the database
+/// comes the suffix it was moved aside with, if it was.
+fn open(path: &Path) -> Result<(Connection, Option<String>), String> {
     match try_open(path) {
-        Ok(db) => Ok(db),
+        Ok(db) => Ok((db, None)),
         Err(OpenError::Io(e)) => Err(e),
         Err(OpenError::Unusable(why)) => {
-            let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), now_ms() / 1000));
+            let suffix = format!(".corrupt-{}", now_ms() / 1000);
+            let aside = PathBuf::from(format!("{}{suffix}", path.display()));
             for suffix in ["", "-wal", "-shm"] {
                 let from = PathBuf::from(format!("{}{suffix}", path.display()));
                 if from.exists() {
@@ -75,14 +80,17 @@ fn open(path: &Path) -> Result<Connection, String> {
                 }
             }
             log::error!("journal {} is unusable ({why}); moved it to {} and began a new one", path.display(), aside.display());
-            try_open(path).map_err(|e| match e {
+            let db = try_open(path).map_err(|e| match e {
                 OpenError::Io(e) | OpenError::Unusable(e) => e,
-            })
+            })?;
+            Ok((db, Some(suffix)))
         }
     }
 }
 
-fn insert(db: &mut Connection, rows: &[Record]) -> rusqlite::Result<()> {
+/// Writes the rows in one transaction; their ids, in order.
+fn insert(db: &mut Connection, rows: &[Record]) -> rusqlite::Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(rows.len());
     let tx = db.transaction()?;
     {
         let mut st = tx.prepare_cached(
@@ -124,9 +132,11 @@ fn insert(db: &mut Connection, rows: &[Record]) -> rusqlite::Result<()> {
                 ms(r.inference),
                 r.answer.as_secs_f64() * 1e3,
             ])?;
+            ids.push(tx.last_insert_rowid());
         }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(ids)
 }
 
 /// Deletes rows beyond `max_rows` (the oldest) and, every `PRUNE_EVERY`, rows older than the retention.
@@ -152,6 +162,7 @@ struct Writer<'a> {
     last_prune: Option<Instant>,
     /// In a run of failures (logged at its start and end only).
     failing: bool,
+    capture: Option<Capture>,
 }
 
 impl Writer<'_> {
@@ -159,8 +170,11 @@ impl Writer<'_> {
         if self.db.is_none() && self.last_open.is_none_or(|t| t.elapsed() >= REOPEN_EVERY) {
             self.last_open = Some(Instant::now());
             match open(&self.s.path) {
-                Ok(db) => {
+                Ok((db, aside)) => {
                     log::info!("journal: writing to {} (schema version {})", self.s.path.display(), schema::current());
+                    if let (Some(c), Some(suffix)) = (self.capture.as_mut(), aside) {
+                        c.set_aside(&suffix, self.metrics);
+                    }
                     self.db = Some(db);
                 }
                 Err(e) => self.failed(&format!("cannot open {}: {e}", self.s.path.display())),
@@ -182,15 +196,30 @@ impl Writer<'_> {
             None => Err("no journal open".to_string()),
         };
         match result {
-            Ok(()) => {
+            Ok(ids) => {
                 self.metrics.journal_rows.inc_by(batch.len() as u64);
+                if let Some(c) = self.capture.as_mut() {
+                    for (id, r) in ids.into_iter().zip(batch) {
+                        if c.wanted(r) {
+                            c.keep(id, r, self.metrics);
+                        }
+                    }
+                }
                 if self.failing {
                     log::info!("journal: writing again");
                     self.failing = false;
                 }
                 if let Some(db) = self.db.as_ref() {
-                    if let Err(e) = prune(db, &self.s, &mut self.last_prune) {
-                        log::warn!("journal: cannot prune old rows: {e}");
+                    match prune(db, &self.s, &mut self.last_prune) {
+                        Ok(0) => {}
+                        Ok(_) => {
+                            // Captured images go with their rows.
+                            let first = db.query_row("SELECT MIN(id) FROM inspections", [], |r| r.get::<_, Option<i64>>(0));
+                            if let (Some(c), Ok(first)) = (self.capture.as_mut(), first) {
+                                c.forget_before(first, self.metrics);
+                            }
+                        }
+                        Err(e) => log::warn!("journal: cannot prune old rows: {e}"),
                     }
                 }
             }
@@ -203,9 +232,10 @@ impl Writer<'_> {
 }
 
 /// Serves the queue until every sender is gone and it is empty.
-pub fn run(rx: Receiver<Record>, s: Settings, metrics: &Metrics) {
+pub fn run(rx: Receiver<Record>, mut s: Settings, metrics: &Metrics) {
     let batch_time = s.batch;
-    let mut w = Writer { s, metrics, db: None, last_open: None, last_prune: None, failing: false };
+    let capture = s.capture.take().map(|c| Capture::open(c, metrics));
+    let mut w = Writer { s, metrics, db: None, last_open: None, last_prune: None, failing: false, capture };
     w.db(); // open at start, so a corrupt file is replaced (and said) before the first answer
     while let Ok(first) = rx.recv() {
         let until = Instant::now() + batch_time;

@@ -26,6 +26,10 @@ fn bad_config_names_the_key() {
         ("[protocl]\nextended_results = true\n", "protocl"),
         // The history API on every interface and nobody asked for a password: refused.
         ("[metrics]\nlisten = \"0.0.0.0:9091\"\n", "metrics.credentials"),
+        // A captured image is named by its journal row: no journal, no capture.
+        ("[journal]\ncapture = \"uncertain\"\n", "journal.capture"),
+        ("[journal]\npath = \"j.sqlite\"\ncapture = \"uncertain\"\ncapture_below = 1.5\n", "journal.capture_below"),
+        ("[journal]\npath = \"j.sqlite\"\ncapture = \"sometimes\"\n", "capture"),
     ];
     for (i, (toml, key)) in cases.iter().enumerate() {
         let p = dir.join(format!("bad{i}.toml"));

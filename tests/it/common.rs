@@ -46,6 +46,8 @@ pub struct Options {
     pub journal: bool,
     /// `journal.max_rows`.
     pub journal_max_rows: Option<u64>,
+    /// More `[journal]` lines (with `journal`).
+    pub journal_extra: String,
     /// Bytes written as the journal file before the server starts (a corrupt journal).
     pub journal_seed: Option<Vec<u8>>,
     /// RLIMIT_FSIZE for the server process: every file it writes stops at this size.
@@ -81,6 +83,7 @@ impl Default for Options {
             min_views_judged: 1,
             journal: false,
             journal_max_rows: None,
+            journal_extra: String::new(),
             journal_seed: None,
             file_size_limit: None,
             metrics_listen: None,
@@ -172,7 +175,11 @@ min_views_judged = {min_views}
             settle = o.settle_ms,
             min_views = o.min_views_judged,
             journal = if o.journal {
-                format!("[journal]\npath = \"journal/inspections.sqlite\"\n{}", opt("max_rows", o.journal_max_rows.map(|n| n as usize)))
+                format!(
+                    "[journal]\npath = \"journal/inspections.sqlite\"\n{}{}\n",
+                    opt("max_rows", o.journal_max_rows.map(|n| n as usize)),
+                    o.journal_extra
+                )
             } else {
                 String::new()
             },

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod capture;
 mod cli;
 mod client;
 mod commands;
