@@ -1,6 +1,6 @@
 //! The metrics and health listener (`[metrics] listen`), off the wire
-//! protocol so existing clients never see it. A small blocking HTTP server
-//! (tiny_http) on its own thread:
+//! protocol so existing clients never see it, over the small HTTP of
+//! `http.rs` (a thread per connection):
 //!
 //! - `/metrics`: Prometheus/OpenMetrics text (`crate::metrics`);
 //! - `/healthz`: 200 while the process serves;
@@ -12,122 +12,67 @@
 //!   behind HTTP basic auth when `metrics.credentials` is set (required for a
 //!   listener that is not on loopback).
 
+use super::http::{self, Request, Response};
 use super::{api, dashboard, thumbnail};
 use crate::shutdown::Shutdown;
 use crate::state::State;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tiny_http::{Header, Response, Server};
 
 /// Binds `addr` and serves from a thread of its own; gives the bound address.
 pub fn start(addr: &str, state: Arc<State>, shutdown: Shutdown) -> std::io::Result<SocketAddr> {
-    let server = Server::http(addr).map_err(|e| std::io::Error::other(format!("cannot listen on {addr}: {e}")))?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| std::io::Error::other(format!("{addr} is not an IP address")))?;
     let expected = state.config.metrics.credentials.as_deref().map(|c| format!("Basic {}", base64(c.as_bytes())));
-    let expected: Arc<Option<String>> = Arc::new(expected);
-    let busy = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for req in server.incoming_requests() {
-            // Each request on a thread of its own: a client that stops reading
-            // (a browser's lingering helper, a stuck scraper) must not hold up
-            // /metrics or /readyz for everyone else. At most MAX_BUSY at once;
-            // beyond, the request is dropped (tiny_http closes it).
-            if busy.load(Ordering::Acquire) >= MAX_BUSY {
-                log::warn!("metrics listener: {MAX_BUSY} requests in progress; dropping one");
-                continue;
-            }
-            let (state, shutdown, expected, guard) = (state.clone(), shutdown.clone(), expected.clone(), Busy::new(&busy));
-            let spawned = std::thread::Builder::new().name("http".into()).spawn(move || {
-                let _guard = guard;
-                serve(req, &state, &shutdown, expected.as_deref());
-            });
-            if let Err(e) = spawned {
-                log::warn!("metrics listener: cannot start a thread: {e}");
-            }
-        }
-    })?;
-    Ok(bound)
+    http::serve(addr, "metrics", move |req| serve(req, &state, &shutdown, expected.as_deref()))
 }
 
-/// Requests served at once, at most.
-const MAX_BUSY: usize = 32;
-
-/// One request in progress, counted until dropped.
-struct Busy(Arc<AtomicUsize>);
-
-impl Busy {
-    fn new(n: &Arc<AtomicUsize>) -> Busy {
-        n.fetch_add(1, Ordering::AcqRel);
-        Busy(n.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn serve(req: tiny_http::Request, state: &State, shutdown: &Shutdown, expected: Option<&str>) {
-    let (path, query) = req.url().split_once('?').unwrap_or((req.url(), ""));
-    let (path, query) = (path.to_string(), query.to_string());
-    let resp = match path.as_str() {
+fn serve(req: &Request, state: &State, shutdown: &Shutdown, expected: Option<&str>) -> Response {
+    match req.path.as_str() {
         "/metrics" => {
             state.metrics.queue_depth.set(state.pool.queued() as i64);
-            let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-            text(200, state.metrics.encode(), ct)
+            Response::new(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode())
         }
-        "/healthz" => text(200, "ok\n".into(), "text/plain"),
-        "/readyz" if shutdown.is_draining() => text(503, "draining\n".into(), "text/plain"),
-        "/readyz" => text(200, format!("ready: {}\n", state.models.active().name), "text/plain"),
-        p if (p == "/" || p.starts_with("/api/")) && !authorized(&req, expected) => {
-            let mut r = text(401, "{\"error\": \"credentials required (metrics.credentials)\"}".into(), "application/json");
-            if let Ok(h) = Header::from_bytes("WWW-Authenticate", "Basic realm=\"pear-server\"") {
-                r.add_header(h);
-            }
-            r
+        "/healthz" => Response::new(200, "text/plain", "ok\n"),
+        "/readyz" if shutdown.is_draining() => Response::new(503, "text/plain", "draining\n"),
+        "/readyz" => Response::new(200, "text/plain", format!("ready: {}\n", state.models.active().name)),
+        p if (p == "/" || p.starts_with("/api/")) && !authorized(req, expected) => {
+            json(401, "{\"error\": \"credentials required (metrics.credentials)\"}".into())
+                .with_header("WWW-Authenticate", "Basic realm=\"pear-server\"")
         }
-        "/" => text(200, dashboard::PAGE.into(), "text/html; charset=utf-8"),
+        "/" => Response::new(200, "text/html; charset=utf-8", dashboard::PAGE),
         p if p.starts_with("/api/inspections/") && p.ends_with("/image") => image(state, p),
         p if p.starts_with("/api/") => {
-            let (status, body) = api::answer(state, p, &query);
-            text(status, body.to_string(), "application/json")
+            let (status, body) = api::answer(state, p, &req.query);
+            json(status, body.to_string())
         }
-        _ => {
-            text(404, "not found: try /, /metrics, /healthz, /readyz, /api/status, /api/inspections or /api/summary\n".into(), "text/plain")
-        }
-    };
-    if let Err(e) = req.respond(resp) {
-        log::debug!("metrics: cannot answer: {e}");
+        _ => Response::new(
+            404,
+            "text/plain",
+            "not found: try /, /metrics, /healthz, /readyz, /api/status, /api/inspections or /api/summary\n",
+        ),
     }
+}
+
+fn json(status: u16, body: String) -> Response {
+    Response::new(status, "application/json", body)
 }
 
 /// `/api/inspections/{id}/image`: the id is the only thing taken from the path.
-fn image(state: &State, path: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn image(state: &State, path: &str) -> Response {
     let id = path.trim_start_matches("/api/inspections/").trim_end_matches("/image");
-    let Ok(id) = id.parse::<i64>() else { return text(400, format!("{{\"error\": \"'{id}' is not a record id\"}}"), "application/json") };
+    let Ok(id) = id.parse::<i64>() else { return json(400, format!("{{\"error\": \"'{id}' is not a record id\"}}")) };
     let Some(journal) = state.config.journal.path.as_deref() else {
-        return text(404, "{\"error\": \"the journal is off\"}".into(), "application/json");
+        return json(404, "{\"error\": \"the journal is off\"}".into());
     };
     match thumbnail::thumbnail(state, journal, id) {
-        Ok(jpeg) => {
-            let mut r = Response::from_data(jpeg);
-            for (k, v) in [("Content-Type", "image/jpeg"), ("Cache-Control", "max-age=3600")] {
-                if let Ok(h) = Header::from_bytes(k, v) {
-                    r.add_header(h);
-                }
-            }
-            r
-        }
-        Err((status, why)) => text(status, serde_json::json!({ "error": why }).to_string(), "application/json"),
+        Ok(jpeg) => Response::new(200, "image/jpeg", jpeg).with_header("Cache-Control", "max-age=3600"),
+        Err((status, why)) => json(status, serde_json::json!({ "error": why }).to_string()),
     }
 }
 
 /// The request carries the configured credentials (or none are configured).
-fn authorized(req: &tiny_http::Request, expected: Option<&str>) -> bool {
+fn authorized(req: &Request, expected: Option<&str>) -> bool {
     let Some(expected) = expected else { return true };
-    let given = req.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str()).unwrap_or("");
+    let given = req.authorization.as_deref().unwrap_or("");
     // Compared in full whatever the first difference, so timing says nothing.
     given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
 }
@@ -143,14 +88,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-fn text(status: u16, body: String, content_type: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut r = Response::from_string(body).with_status_code(status);
-    if let Ok(h) = Header::from_bytes("Content-Type", content_type) {
-        r.add_header(h);
-    }
-    r
 }
 
 #[cfg(test)]

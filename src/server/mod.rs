@@ -10,6 +10,7 @@
 mod api;
 mod connection;
 mod dashboard;
+mod http;
 mod listener;
 pub mod metrics_http;
 mod peer;

@@ -77,3 +77,21 @@ fn health_and_readiness() {
     assert_eq!(entries(&c.recv()).len(), 4);
     assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
 }
+
+/// A browser keeps idle connections open and opens spare ones it never
+/// uses: none may hold up another request. (tiny_http, before `http.rs`,
+/// queued new connections behind a few idle ones, and the dashboard stalled.)
+#[test]
+fn idle_connections_do_not_hold_up_the_metrics_listener() {
+    let s = TestServer::start(Options { metrics: true, ..Options::default() });
+    let addr = s.metrics.unwrap();
+    let mut idle: Vec<std::net::TcpStream> = (0..12).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    // One more has sent half a request head and stopped.
+    let mut half = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut half, b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+    idle.push(half);
+    for path in ["/healthz", "/readyz", "/metrics", "/"] {
+        assert_eq!(s.http_get(path).0, 200, "{path}");
+    }
+    drop(idle);
+}
