@@ -74,6 +74,20 @@ pub struct InferenceSection {
     pub request_timeout_secs: u64,
     /// Largest `deadline_ms` a 0x01 may ask for; more is refused with error_code 1.
     pub max_deadline_ms: u64,
+    /// How the inference threads yield to the rest of the server.
+    pub scheduling: Scheduling,
+}
+
+/// The inference threads' Linux scheduling, against the connection threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduling {
+    /// SCHED_IDLE: a core goes to any other thread that wants it, at once.
+    Idle,
+    /// nice 10: a smaller share of a busy core than a connection thread.
+    Nice,
+    /// As every other thread.
+    Normal,
 }
 
 impl Default for InferenceSection {
@@ -85,6 +99,7 @@ impl Default for InferenceSection {
             max_queued_per_connection: None,
             request_timeout_secs: 60,
             max_deadline_ms: 60_000,
+            scheduling: Scheduling::Idle,
         }
     }
 }

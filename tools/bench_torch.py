@@ -2,12 +2,19 @@
 """Times in PyTorch (CPU) the work that `cargo bench --bench model` and
 `cargo bench --bench load` time in candle.
 
-    python tools/bench_torch.py [--threads 2]
+    python tools/bench_torch.py [--threads 2] [--onnx]
     python tools/bench_torch.py --pipeline /tmp/orig/orig-shapes.safetensors --frames /tmp/orig/frames
 
 Layers: yolov8n at 320x256 (a 640x480 frame letterboxed at 320, conv+bn
 fused as ultralytics predict does) and efficientnet_b3 at 512x740 with random
 weights. Median of 10 runs after 2 warm-ups, in milliseconds.
+
+--onnx: the same two networks exported to ONNX (opset 17) and timed in ONNX
+Runtime and OpenVINO as well, with the same thread count, so one command
+prints the anchors a user compares us with (pip install onnx onnxruntime
+openvino). ONNX Runtime: all graph optimisations, intra-op threads =
+--threads, sequential execution. OpenVINO: CPU, LATENCY hint, f32 precision
+(no bf16 even where the CPU has it), its thread count = --threads.
 
 --pipeline: the original server's whole per-image work on the bundle's own
 weights (rebuilt by tools/bundle_to_torch.py): cv2.imread of a frame,
@@ -92,6 +99,7 @@ def main():
     ap.add_argument("--frames", help="folder of frames for --pipeline")
     ap.add_argument("--threshold", type=float, default=0.5, help="fruit box threshold (the bench server's, 0.5)")
     ap.add_argument("--runs", type=int, default=32, help="images timed for --pipeline")
+    ap.add_argument("--onnx", action="store_true", help="also time ONNX Runtime and OpenVINO on the same networks")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -100,11 +108,42 @@ def main():
         print(f"pipeline_per_image: {ms:.1f} ms = {1000 / ms:.2f} images/s (pear found in {found} of {args.runs + 2} runs)")
         return
     det = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval().fuse(verbose=False)
-    x = torch.rand(1, 3, 256, 320)
-    print(f"yolov8n_320x256: {timeit(lambda: det(x)):.1f} ms")
     b3 = timm.create_model("efficientnet_b3", pretrained=False, num_classes=8).eval()
-    x = torch.randn(1, 3, 740, 512)
-    print(f"efficientnet_b3_512x740: {timeit(lambda: b3(x)):.1f} ms")
+    for name, model, x in [("yolov8n_320x256", det, torch.rand(1, 3, 256, 320)), ("efficientnet_b3_512x740", b3, torch.randn(1, 3, 740, 512))]:
+        row = [f"{name}: torch {timeit(lambda: model(x)):.1f} ms"]
+        if args.onnx:
+            row += anchors(name, model, x, args.threads)
+        print(", ".join(row), flush=True)
+
+
+def anchors(name, model, x, threads):
+    """ONNX Runtime and OpenVINO on the model exported to ONNX; also checks
+    that each gives torch's output, so a fast wrong answer is not timed."""
+    import numpy as np
+    import onnxruntime as ort
+    import openvino as ov
+
+    path = os.path.join(tempfile.mkdtemp(), f"{name}.onnx")
+    torch.onnx.export(model, (x,), path, opset_version=17, input_names=["x"], dynamo=False)
+    want = model(x)
+    want = (want[0] if isinstance(want, (tuple, list)) else want).numpy()
+    feed = x.numpy()
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    run_ort = lambda: sess.run(None, {"x": feed})[0]
+    compiled = ov.Core().compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+    req = compiled.create_infer_request()
+    run_ov = lambda: req.infer({0: feed})[compiled.output(0)]
+    row = []
+    for runtime, run in [("onnxruntime", run_ort), ("openvino", run_ov)]:
+        err = float(np.abs(run() - want).max() / (np.abs(want).max() + 1e-6))
+        row.append(f"{runtime} {timeit(run):.1f} ms (max rel. diff {err:.1e})")
+    return row
 
 
 if __name__ == "__main__":

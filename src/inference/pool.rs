@@ -6,6 +6,7 @@ use super::annotated::AnnotatedDir;
 use super::queue::{FairQueue, Refusal};
 use super::read::read_image_file;
 use super::service_time::ServiceTime;
+use crate::config::Scheduling;
 use crate::metrics::Metrics;
 use crate::models::sha256_hex;
 use crate::shutdown::Shutdown;
@@ -231,6 +232,8 @@ pub struct PoolOptions {
     pub metrics: Arc<Metrics>,
     /// `[debug] annotated_dir`: where inspected images are saved with their answer drawn.
     pub annotated: Option<Arc<AnnotatedDir>>,
+    /// `inference.scheduling`.
+    pub scheduling: Scheduling,
 }
 
 impl Default for PoolOptions {
@@ -246,6 +249,7 @@ impl Default for PoolOptions {
             shutdown: Shutdown::default(),
             metrics: Arc::default(),
             annotated: None,
+            scheduling: Scheduling::Idle,
         }
     }
 }
@@ -268,8 +272,9 @@ impl Pool {
         let mut handles = Vec::with_capacity(opts.workers);
         for i in 0..opts.workers {
             let (queue, opts, service) = (queue.clone(), opts.clone(), service.clone());
+            let scheduling = opts.scheduling;
             handles.push(std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
-                lower_priority();
+                yield_to_connections(scheduling);
                 let threads = opts.threads.max(1);
                 let serve = || {
                     supervise(i, || {
@@ -282,7 +287,7 @@ impl Pool {
                     .num_threads(threads)
                     .use_current_thread()
                     .thread_name(move |j| format!("infer-{i}-{j}"))
-                    .start_handler(|_| lower_priority())
+                    .start_handler(move |_| yield_to_connections(scheduling))
                     .build();
                 match own {
                     Ok(pool) => pool.install(serve),
@@ -360,14 +365,29 @@ fn supervise(worker: usize, serve: impl Fn()) {
     }
 }
 
-/// Inference threads run at a lower priority (nice 10) than connection
-/// threads: when every core is busy inferring, a 0x22 or 0x03 still gets a
-/// core as soon as its bytes arrive instead of waiting for a time slice.
-fn lower_priority() {
-    // SAFETY: plain syscall; on Linux, PRIO_PROCESS with id 0 is the calling thread.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
-    if r != 0 {
-        log::debug!("cannot lower inference thread priority: {}", std::io::Error::last_os_error());
+/// Inference threads give way to connection threads: when every core is
+/// busy inferring, a 0x22 or 0x03 still gets a core as soon as its bytes
+/// arrive instead of waiting for a time slice. SCHED_IDLE (the default)
+/// is preempted by any other thread's wakeup; nice 10 only gets a smaller
+/// share. Either way an idle core still infers, so throughput is unchanged.
+fn yield_to_connections(scheduling: Scheduling) {
+    let nice = || {
+        // SAFETY: plain syscall; on Linux, PRIO_PROCESS with id 0 is the calling thread.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0 {
+            log::debug!("cannot lower inference thread priority: {}", std::io::Error::last_os_error());
+        }
+    };
+    match scheduling {
+        Scheduling::Normal => {}
+        Scheduling::Nice => nice(),
+        Scheduling::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                log::debug!("cannot set SCHED_IDLE ({}); nice 10 instead", std::io::Error::last_os_error());
+                nice();
+            }
+        }
     }
 }
 

@@ -75,6 +75,7 @@ pub fn start(config: Config) -> Result<Server, StartError> {
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
         annotated,
+        scheduling: config.inference.scheduling,
     })?;
     let addr = format!("{}:{}", config.server.host, config.server.port);
     let listener = TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr: addr.clone(), source })?;

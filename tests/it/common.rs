@@ -56,6 +56,8 @@ pub struct Options {
     pub metrics_listen: Option<String>,
     /// `metrics.credentials`.
     pub metrics_credentials: Option<String>,
+    /// `inference.scheduling`; None = the server's default.
+    pub scheduling: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -88,6 +90,7 @@ impl Default for Options {
             file_size_limit: None,
             metrics_listen: None,
             metrics_credentials: None,
+            scheduling: None,
         }
     }
 }
@@ -187,7 +190,8 @@ min_views_judged = {min_views}
             read_timeout = o.request_read_timeout_secs,
             drain = o.drain_timeout_secs,
             per_address = opt("max_connections_per_address", o.max_connections_per_address),
-            per_conn = opt("max_queued_per_connection", o.max_queued_per_connection),
+            per_conn = opt("max_queued_per_connection", o.max_queued_per_connection)
+                + &o.scheduling.map(|m| format!("scheduling = {m:?}\n")).unwrap_or_default(),
             min_ms = o.min_inference_ms,
             hosts = hosts.join(", "),
             annotated = o.annotated_keep.map(|k| format!("annotated_dir = \"annotated\"\nannotated_keep = {k}\n")).unwrap_or_default(),

@@ -716,3 +716,37 @@ fn hostile_suite() {
     println!("hostile suite: peak server RSS {} MiB", peak >> 20);
     assert!(peak < 1 << 30, "peak RSS {} MiB", peak >> 20);
 }
+
+/// (policy, nice) of each of the server's threads whose name starts with `prefix`, from /proc.
+fn thread_scheduling(pid: i32, prefix: &str) -> Vec<(u32, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+        let (name, rest) = (&stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()], &stat[stat.rfind(')').unwrap() + 2..]);
+        // After the name: field 3 is the first; nice is field 19, policy field 41.
+        let f: Vec<&str> = rest.split(' ').collect();
+        if name.starts_with(prefix) {
+            out.push((f[41 - 3].parse().unwrap(), f[19 - 3].parse().unwrap()));
+        }
+    }
+    out
+}
+
+/// Inference threads give way to connection threads (so a 0x22 is answered
+/// at once while every core infers): SCHED_IDLE by default, nice 10 when asked;
+/// connection threads stay as they were.
+#[test]
+fn inference_threads_yield_to_connection_threads() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    for (mode, want) in [(None, (SCHED_IDLE, 0)), (Some("nice"), (SCHED_OTHER, 10)), (Some("normal"), (SCHED_OTHER, 0))] {
+        let s = TestServer::start(Options { workers: 2, scheduling: mode, ..Options::default() });
+        let mut c = s.client();
+        assert_eq!(one(&c.request(CURRENT_MODEL))["error_code"], 0);
+        let infer = thread_scheduling(s.pid(), "infer-");
+        assert!(!infer.is_empty(), "no inference threads found");
+        assert!(infer.iter().all(|p| *p == want), "{mode:?}: {infer:?}");
+        let peers = thread_scheduling(s.pid(), "peer-");
+        assert!(!peers.is_empty() && peers.iter().all(|p| *p == (SCHED_OTHER, 0)), "{mode:?}: {peers:?}");
+    }
+}
