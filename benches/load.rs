@@ -148,6 +148,7 @@ fn peak_rss_mib() -> f64 {
 
 fn bench(c: &mut Criterion) {
     pear_model::cpu::single_threaded_candle_ops(); // as the server binary does
+    pear_model::cpu::keep_freed_memory();
     let (addr, names) = start();
     let counts: Vec<usize> = std::env::var("PEAR_BENCH_CLIENTS")
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())

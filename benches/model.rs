@@ -35,6 +35,7 @@ fn random_b3() -> EfficientNet {
 
 fn bench(c: &mut Criterion) {
     pear_model::cpu::single_threaded_candle_ops(); // as the server runs
+    pear_model::cpu::keep_freed_memory();
     let dev = Device::Cpu;
     let bundle = Path::new(ROOT).join("weights/pear-default.safetensors");
     let pipeline = Pipeline::load(&bundle, &dev, None).unwrap();

@@ -28,6 +28,7 @@ fn fail(code: u8, e: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     pear_model::cpu::single_threaded_candle_ops();
+    pear_model::cpu::keep_freed_memory();
     // A file-size limit (ulimit -f) reached by the journal must fail that
     // write, which the journal counts, not kill the server (SIGXFSZ's default).
     // SAFETY: setting a signal's disposition to SIG_IGN, before any thread starts.

@@ -107,6 +107,12 @@ def main():
         ms, found = pipeline(args.pipeline, args.frames, args.threshold, args.runs)
         print(f"pipeline_per_image: {ms:.1f} ms = {1000 / ms:.2f} images/s (pear found in {found} of {args.runs + 2} runs)")
         return
+    # This machine's sgemm peak at this thread count (PyTorch's BLAS, 2048^3):
+    # what the networks' FLOPs would take at full GEMM speed.
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    peak = 2 * 2048**3 / timeit(lambda: a @ b) / 1e6
+    print(f"sgemm_peak: {peak:.0f} GFLOP/s; at that speed yolov8n_320x256 (1.62 GFLOP) would take {1620 / peak:.1f} ms, "
+          f"efficientnet_b3_512x740 (14.8 GFLOP) {14800 / peak:.1f} ms", flush=True)
     det = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval().fuse(verbose=False)
     b3 = timm.create_model("efficientnet_b3", pretrained=False, num_classes=8).eval()
     for name, model, x in [("yolov8n_320x256", det, torch.rand(1, 3, 256, 320)), ("efficientnet_b3_512x740", b3, torch.randn(1, 3, 740, 512))]:

@@ -32,6 +32,7 @@ struct Args {
 }
 
 fn main() {
+    pear_model::cpu::keep_freed_memory();
     let a = Args::parse();
     if let Err(e) = run(&a) {
         eprintln!("pear-eval: {e}");
