@@ -107,12 +107,16 @@ def main():
         ms, found = pipeline(args.pipeline, args.frames, args.threshold, args.runs)
         print(f"pipeline_per_image: {ms:.1f} ms = {1000 / ms:.2f} images/s (pear found in {found} of {args.runs + 2} runs)")
         return
-    # This machine's sgemm peak at this thread count (PyTorch's BLAS, 2048^3):
-    # what the networks' FLOPs would take at full GEMM speed.
+    # This machine's sgemm peak at this thread count, 2048^3: what the
+    # networks' FLOPs would take at full GEMM speed. PyTorch's BLAS (MKL is
+    # slow on AMD), and with --onnx ONNX Runtime's (MLAS); the faster counts.
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    peak = 2 * 2048**3 / timeit(lambda: a @ b) / 1e6
-    print(f"sgemm_peak: {peak:.0f} GFLOP/s; at that speed yolov8n_320x256 (1.62 GFLOP) would take {1620 / peak:.1f} ms, "
-          f"efficientnet_b3_512x740 (14.8 GFLOP) {14800 / peak:.1f} ms", flush=True)
+    peak = {"torch": 2 * 2048**3 / timeit(lambda: a @ b) / 1e6}
+    if args.onnx:
+        peak["onnxruntime"] = ort_sgemm_peak(args.threads)
+    best = max(peak.values())
+    print(f"sgemm_peak: {', '.join(f'{k} {v:.0f}' for k, v in peak.items())} GFLOP/s; at {best:.0f}, yolov8n_320x256 "
+          f"(1.62 GFLOP) would take {1620 / best:.1f} ms, efficientnet_b3_512x740 (14.8 GFLOP) {14800 / best:.1f} ms", flush=True)
     det = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval().fuse(verbose=False)
     b3 = timm.create_model("efficientnet_b3", pretrained=False, num_classes=8).eval()
     for name, model, x in [("yolov8n_320x256", det, torch.rand(1, 3, 256, 320)), ("efficientnet_b3_512x740", b3, torch.randn(1, 3, 740, 512))]:
@@ -120,6 +124,25 @@ def main():
         if args.onnx:
             row += anchors(name, model, x, args.threads)
         print(", ".join(row), flush=True)
+
+
+def ort_sgemm_peak(threads, n=2048):
+    """GFLOP/s of one n^3 MatMul in ONNX Runtime."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    feed = {k: np.random.rand(n, n).astype(np.float32) for k in "ab"}
+    return 2 * n**3 / timeit(lambda: sess.run(None, feed)) / 1e6
 
 
 def anchors(name, model, x, threads):
