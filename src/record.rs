@@ -63,6 +63,24 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// `2026-12-02 04:06:04.550`, UTC, from ms since 1970 (the journal's times
+/// as people read them: `pear-client history`, captured images' folders).
+pub fn utc_text(ms: i64) -> String {
+    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{milli:03}", rest / 3600, rest / 60 % 60, rest % 60)
+}
+
 /// This machine's host name, once at start.
 pub fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -73,4 +91,18 @@ pub fn host_name() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_text;
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_text(0), "1970-01-01 00:00:00.000");
+        assert_eq!(utc_text(1_796_184_364_550), "2026-12-02 04:06:04.550");
+        assert_eq!(utc_text(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(utc_text(951_868_800_000 - 1), "2000-02-29 23:59:59.999");
+        assert_eq!(utc_text(-1), "1969-12-31 23:59:59.999");
+    }
 }

@@ -13,7 +13,7 @@
 use crate::metrics::Metrics;
 use crate::models::sha256_hex;
 use crate::paths::resolve_file;
-use crate::record::Record;
+use crate::record::{utc_text, Record};
 use pear_protocol::ErrorCode;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -177,20 +177,10 @@ fn file_name(id: i64, original: &str) -> String {
     }
 }
 
-/// `YYYY-MM-DD` of a UTC time in ms since 1970 (the civil calendar from a day count).
+/// `YYYY-MM-DD` of a UTC time in ms since 1970.
 fn utc_date(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    // Days since 0000-03-01, in 400-year eras of 146097 days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let t = utc_text(ms);
+    t.split(' ').next().unwrap_or(&t).to_string()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use crate::csv_field;
 use clap::Args;
+use pear_server::record::utc_text as utc;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -55,23 +56,6 @@ fn when(s: &str) -> Result<i64, String> {
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     Ok(now.saturating_sub(Duration::from_secs(secs)).as_millis() as i64)
-}
-
-/// `2026-12-02 04:06:04.550` (UTC) from ms since 1970.
-fn utc(ms: i64) -> String {
-    let (secs, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{milli:03}", rest / 3600, rest / 60 % 60, rest % 60)
 }
 
 fn encode(s: &str) -> String {
@@ -184,10 +168,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn utc_times_and_relative_ones() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00.000");
-        assert_eq!(utc(1_796_184_364_550), "2026-12-02 04:06:04.550");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000");
+    fn relative_times() {
         assert_eq!(when("1234").unwrap(), 1234);
         let two_hours = when("0s").unwrap() - when("2h").unwrap();
         assert!((7_199_000..=7_201_000).contains(&two_hours), "{two_hours}");
