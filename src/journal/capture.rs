@@ -73,7 +73,13 @@ impl Capture {
     /// Keeps a copy of the record's image as `id`.
     pub fn keep(&mut self, id: i64, r: &Record, metrics: &Metrics) {
         match self.copy(id, r) {
-            Ok(k) => {
+            Ok((k, replaced)) => {
+                if let Some(at) = replaced.then(|| self.kept.iter().position(|old| old.path == k.path)).flatten() {
+                    // The leftover's entry goes: deleting it later would delete this copy.
+                    if let Some(old) = self.kept.remove(at) {
+                        self.bytes -= old.bytes;
+                    }
+                }
                 self.make_room(k.bytes, metrics);
                 self.bytes += k.bytes;
                 self.kept.push_back(k);
@@ -94,7 +100,8 @@ impl Capture {
         }
     }
 
-    fn copy(&self, id: i64, r: &Record) -> Result<Kept, String> {
+    /// The copy, and whether it replaced a file of the same name.
+    fn copy(&self, id: i64, r: &Record) -> Result<(Kept, bool), String> {
         let Some(sha) = r.image_sha256.as_deref() else { return Err("the image was not read".into()) };
         if r.image_bytes.is_some_and(|n| n > self.s.max_bytes) {
             return Err(format!("it is larger than journal.capture_max_bytes ({})", self.s.max_bytes));
@@ -103,8 +110,9 @@ impl Capture {
         let day = self.s.dir.join(utc_date(r.time_ms));
         std::fs::create_dir_all(&day).map_err(|e| format!("cannot create {}: {e}", day.display()))?;
         let to = day.join(file_name(id, &r.file));
-        // A leftover of an earlier journal with the same id is replaced.
-        let _ = std::fs::remove_file(&to);
+        // A leftover of an earlier journal with the same id (one deleted by
+        // hand: a corrupt one takes its folder along) is replaced.
+        let replaced = std::fs::remove_file(&to).is_ok();
         if std::fs::hard_link(&from, &to).is_err() {
             std::fs::copy(&from, &to).map_err(|e| format!("cannot copy it to {}: {e}", to.display()))?;
         }
@@ -113,7 +121,7 @@ impl Capture {
             let _ = std::fs::remove_file(&to);
             return Err("the file changed after it was judged".into());
         }
-        Ok(Kept { id, path: to, bytes: bytes.len() as u64 })
+        Ok((Kept { id, path: to, bytes: bytes.len() as u64 }, replaced))
     }
 
     /// Deletes the oldest copies until `incoming` more bytes fit.
@@ -243,6 +251,8 @@ mod tests {
         std::fs::write(dir.join("a.jpg"), b"judged").unwrap();
         c.keep(2, &r, &metrics);
         assert_eq!(std::fs::read(dir.join("captured/2026-12-01/2.jpg")).unwrap(), b"judged");
+        c.keep(2, &r, &metrics); // ids begun again (a journal deleted by hand): replaced, counted once
+        assert_eq!(metrics.journal_captured_bytes.get(), 6);
         c.forget_before(Some(3), &metrics);
         assert!(!dir.join("captured/2026-12-01").exists(), "the emptied day goes too");
         assert_eq!(metrics.journal_captured_bytes.get(), 0);
