@@ -167,7 +167,15 @@ where
     let name = name.to_string();
     std::thread::Builder::new().name(name.clone()).spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a little instead of spinning on accept.
+                    log::debug!("{name}: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
             if open.fetch_add(1, Ordering::AcqRel) >= MAX_OPEN {
                 open.fetch_sub(1, Ordering::AcqRel);
                 let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
