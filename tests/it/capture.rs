@@ -7,11 +7,9 @@
 use crate::common::*;
 use rusqlite::Connection;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 struct Row {
     id: i64,
@@ -63,15 +61,6 @@ fn name(r: &Row) -> String {
     format!("{}/{}.{ext}", day.trim(), r.id)
 }
 
-fn drain(s: &mut TestServer) {
-    s.signal(libc::SIGTERM);
-    assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
-}
-
-fn sha256(p: &Path) -> String {
-    Sha256::digest(std::fs::read(p).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[test]
 fn uncertain_images_are_kept_as_links_named_by_record() {
     let below = 0.9;
@@ -112,7 +101,7 @@ fn uncertain_images_are_kept_as_links_named_by_record() {
     assert_eq!(captured(&s), wanted.iter().map(|r| name(r)).collect::<BTreeSet<_>>());
     for r in &wanted {
         let copy = s.dir.join("journal/captured").join(name(r));
-        assert_eq!(Some(sha256(&copy)), r.sha256, "{}: the bytes judged", r.file);
+        assert_eq!(Some(sha256_file(&copy)), r.sha256, "{}: the bytes judged", r.file);
         let source = std::fs::metadata(s.dir.join("images").join(&r.file)).unwrap();
         let kept = std::fs::metadata(&copy).unwrap();
         assert_eq!((kept.dev(), kept.ino()), (source.dev(), source.ino()), "{}: a hard link on one file system", r.file);

@@ -438,3 +438,15 @@ pub fn wait_for_metric(s: &TestServer, name: &str, labels: &str, cond: impl Fn(f
         assert!(std::time::Instant::now() < until, "{name}{{{labels}}} is still {v}");
     }
 }
+
+/// SIGTERM, then the drain's exit 0: every answered image is journaled by then.
+pub fn drain(s: &mut TestServer) {
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
+}
+
+/// A file's SHA-256, hex, as the journal records images and models.
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -6,12 +6,7 @@
 use crate::common::*;
 use rusqlite::Connection;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::time::Duration;
-
-fn sha256_file(path: &std::path::Path) -> String {
-    Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// One journal row, the columns a test compares.
 #[derive(Debug, PartialEq)]
@@ -71,11 +66,6 @@ fn expected(s: &TestServer, answers: &[(Value, &str, Option<&str>)]) -> Vec<Row>
         }
     }
     out
-}
-
-fn drain(s: &mut TestServer) {
-    s.signal(libc::SIGTERM);
-    assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
 }
 
 #[test]
