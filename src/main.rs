@@ -36,6 +36,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // A SIMD level this CPU lacks, or a typo, is refused before anything loads.
+    match pear_model::simd::Simd::from_env() {
+        Ok(simd) => log::info!("kernels run at SIMD level {simd} (this CPU's best: {})", pear_model::simd::Simd::detected()),
+        Err(e) => return fail(2, e),
+    }
     let args = Args::parse();
     let mut config = match Config::load(&args.config) {
         Ok(c) => c,

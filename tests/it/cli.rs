@@ -43,3 +43,18 @@ fn bad_config_names_the_key() {
     assert!(out.contains("/no/such/server.toml"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// PEAR_SIMD naming no level, or one above this CPU's, stops the server
+/// before it loads anything, with the variable named.
+#[test]
+fn bad_simd_level_is_refused_at_start() {
+    use pear_model::simd::Simd;
+    let mut wrong = vec!["sse9".to_string()];
+    wrong.extend(Simd::ALL.into_iter().filter(|s| !s.runs_here()).map(|s| s.name().to_string()));
+    for level in wrong {
+        let out = Command::new(env!("CARGO_BIN_EXE_pear-server")).env("PEAR_SIMD", &level).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "PEAR_SIMD={level}: {text}");
+        assert!(text.contains("PEAR_SIMD") && text.contains(&level), "PEAR_SIMD={level}: {text}");
+    }
+}

@@ -10,8 +10,9 @@
 //! compiled per SIMD level and chosen at run time.
 
 use super::activation::silu_inplace;
+use super::split_rows::{split_bases, split_row};
+use crate::simd::{per_level, Simd};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use multiversion::multiversion;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -27,6 +28,7 @@ pub struct DepthwiseConv2d {
     stride: usize,
     pad: usize,
     silu: bool,
+    simd: Simd,
 }
 
 impl DepthwiseConv2d {
@@ -44,7 +46,15 @@ impl DepthwiseConv2d {
             stride,
             pad,
             silu,
+            simd: Simd::active(),
         })
+    }
+
+    /// The same convolution at another SIMD level (one this CPU runs).
+    #[cfg(test)]
+    pub fn at_level(mut self, simd: Simd) -> Self {
+        self.simd = simd;
+        self
     }
 
     pub fn out_size(&self, n: usize) -> usize {
@@ -68,19 +78,12 @@ impl DepthwiseConv2d {
             for (row, dst) in src.chunks_exact(w).zip(buf.chunks_exact_mut(wp)) {
                 split_row(row, p, s, dst);
             }
-            convolve_plane(buf, wp, h, bases, wk, k, s, p, self.bias[ch], out, ow, oh);
+            convolve_plane(self.simd, buf, wp, h, bases, wk, k, s, p, self.bias[ch], out, ow, oh);
         });
         if self.silu {
             // SAFETY: convolve_plane wrote every element of the plane.
-            silu_inplace(unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) });
+            silu_inplace(self.simd, unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) });
         }
-    }
-
-    /// Per kernel column, where output column 0 reads in a split row: column
-    /// s*ox + kx of the padded row is phase kx % s, index ox + kx / s.
-    fn bases(&self, w: usize) -> Vec<usize> {
-        let (s, wp) = (self.stride, w + 2 * self.pad);
-        (0..self.k).map(|kx| (0..kx % s).map(|q| (wp - q).div_ceil(s)).sum::<usize>() + kx / s).collect()
     }
 }
 
@@ -89,35 +92,10 @@ thread_local! {
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `row` with `p` zeros each side, as its columns 0, s, 2s, ... then 1, s+1, ...
-fn split_row(row: &[f32], p: usize, s: usize, dst: &mut [f32]) {
-    if s == 1 {
-        dst[..p].fill(0.0);
-        dst[p..p + row.len()].copy_from_slice(row);
-        dst[p + row.len()..].fill(0.0);
-        return;
-    }
-    // Phase q holds padded columns q, q+s, ...: zeros, then row[c - p] while
-    // c - p < len, then zeros again.
-    let (w, wp) = (row.len(), row.len() + 2 * p);
-    let mut i = 0;
-    for q in 0..s {
-        let cols = (wp - q).div_ceil(s);
-        let first = (p.saturating_sub(q)).div_ceil(s).min(cols); // first column >= p
-        let last = (p + w).saturating_sub(q).div_ceil(s).min(cols); // first column >= p + w
-        dst[i..i + first].fill(0.0);
-        for (d, j) in dst[i + first..i + last].iter_mut().zip(first..last) {
-            *d = row[q + j * s - p];
-        }
-        dst[i + last..i + cols].fill(0.0);
-        i += cols;
-    }
-}
-
+per_level! {
 /// The multiply-adds of one plane; compiled for each SIMD level and picked
 /// at run time. Output columns go in blocks of 16, 8 and 4 accumulated in
 /// registers over all taps (one store per output), the last few one by one.
-#[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 fn convolve_plane(
     rows_in: &[f32],
@@ -157,6 +135,7 @@ fn convolve_plane(
             o.write(acc);
         }
     }
+}
 }
 
 /// Output columns from `ox` in blocks of `W` while whole blocks fit; returns
@@ -202,7 +181,7 @@ impl CustomOp1 for DepthwiseConv2d {
             candle_core::bail!("depthwise conv input {h}x{w} smaller than its kernel");
         }
         let (oh, ow) = (self.out_size(h), self.out_size(w));
-        let bases = self.bases(w);
+        let bases = split_bases(self.k, self.stride, w + 2 * self.pad);
         // Not zeroed: every plane is written whole before anything reads it.
         let len = n * c * oh * ow;
         let mut out: Vec<f32> = Vec::with_capacity(len);
@@ -246,14 +225,15 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (2, c, h, w), &dev)?;
             let wt = Tensor::randn(0f32, 1.0, (c, 1, k, k), &dev)?;
             let b = Tensor::randn(0f32, 1.0, c, &dev)?;
-            for silu in [false, true] {
-                let ours = DepthwiseConv2d::new(&wt, &b, s, k / 2, silu)?.forward(&x)?;
+            for (silu, simd) in [false, true].into_iter().flat_map(|f| Simd::ALL.into_iter().filter(|s| s.runs_here()).map(move |s| (f, s)))
+            {
+                let ours = DepthwiseConv2d::new(&wt, &b, s, k / 2, silu)?.at_level(simd).forward(&x)?;
                 let mut theirs = x.conv2d(&wt, k / 2, s, 1, c)?.broadcast_add(&b.reshape((1, c, 1, 1))?)?;
                 if silu {
                     theirs = candle_nn::ops::silu(&theirs)?;
                 }
                 let diff = (ours - theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-                assert!(diff < 1e-4, "k{k} s{s} {h}x{w} silu {silu}: {diff}");
+                assert!(diff < 1e-4, "{simd} k{k} s{s} {h}x{w} silu {silu}: {diff}");
             }
         }
         Ok(())

@@ -12,10 +12,16 @@
 //! Three more copies are folded in: a concatenated input is given as its
 //! parts (one GEMM per part into the same output), a squeeze-excite gate
 //! scales the weights' input columns instead of the activations, and a
-//! residual is added in the output pass.
+//! residual is added as each tile leaves the registers.
+//!
+//! The GEMM is ours (`sgemm`): the weights are packed once at load for the
+//! active SIMD level, the column matrix is packed straight from the image a
+//! block at a time, and bias, SiLU and the residual are its epilogue.
 
-use super::activation::silu_inplace;
 use super::cpu::cpu_f32;
+use super::split_rows::{split_bases, split_row};
+use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
+use crate::simd::Simd;
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -25,7 +31,9 @@ use std::sync::Arc;
 /// Folded weights `weight[o][c][ky][kx]`, `bias[o]`.
 #[derive(Debug, Clone)]
 pub struct GemmConv2d {
-    weight: Arc<Vec<f32>>,
+    /// The weights as the GEMM's packed left matrix, for `simd`.
+    packed: Arc<PackedWeights>,
+    simd: Simd,
     bias: Arc<Vec<f32>>,
     in_channels: usize,
     out_channels: usize,
@@ -36,8 +44,8 @@ pub struct GemmConv2d {
 }
 
 thread_local! {
-    /// im2col matrix, reused by every convolution this thread runs.
-    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The gated copy of the packed weights, reused by every convolution this thread runs.
+    static GATED: RefCell<Option<PackedWeights>> = const { RefCell::new(None) };
 }
 
 /// Convolutions with fewer multiply-adds run on one thread: waking the
@@ -47,12 +55,19 @@ const PAR_MIN_MACS: usize = 1 << 20;
 impl GemmConv2d {
     /// `weight` has shape (O, I, k, k), `bias` (O).
     pub fn new(weight: &Tensor, bias: &Tensor, stride: usize, pad: usize, silu: bool) -> candle_core::Result<Self> {
+        Self::at_level(Simd::active(), weight, bias, stride, pad, silu)
+    }
+
+    /// As `new`, for a given SIMD level (one this CPU runs).
+    pub fn at_level(simd: Simd, weight: &Tensor, bias: &Tensor, stride: usize, pad: usize, silu: bool) -> candle_core::Result<Self> {
         let (o, i, kh, kw) = weight.dims4()?;
         if kh != kw || stride == 0 {
             candle_core::bail!("gemm conv needs a square kernel and stride >= 1, got {:?} stride {stride}", weight.dims());
         }
+        let weight = weight.flatten_all()?.to_vec1::<f32>()?;
         Ok(GemmConv2d {
-            weight: Arc::new(weight.flatten_all()?.to_vec1::<f32>()?),
+            packed: Arc::new(PackedWeights::pack(simd, &weight, o, i * kh * kw)),
+            simd,
             bias: Arc::new(bias.flatten_all()?.to_vec1::<f32>()?),
             in_channels: i,
             out_channels: o,
@@ -73,42 +88,6 @@ impl GemmConv2d {
 
     fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
-    }
-
-    /// Writes the column matrix of output rows `oys` of one image into
-    /// `cols`: (c*k*k) x (rows * ow), channel-major.
-    fn im2col(&self, src: &[f32], h: usize, w: usize, oys: Range<usize>, ow: usize, cols: &mut [f32]) {
-        let (k, s, p) = (self.k, self.stride, self.pad);
-        let n = oys.len() * ow;
-        let fill = |r: usize, row: &mut [f32]| {
-            let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-            let plane = &src[c * h * w..(c + 1) * h * w];
-            // ox range whose input column ox*s + kx - p lies inside the row.
-            let lo = if kx >= p { 0 } else { (p - kx).div_ceil(s) }.min(ow);
-            let hi = if w + p > kx { ((w + p - kx - 1) / s + 1).min(ow) } else { 0 }.max(lo);
-            for (i, oy) in oys.clone().enumerate() {
-                let out = &mut row[i * ow..(i + 1) * ow];
-                let iy = (oy * s + ky) as isize - p as isize;
-                if iy < 0 || iy >= h as isize {
-                    out.fill(0.0);
-                    continue;
-                }
-                let irow = &plane[iy as usize * w..(iy as usize + 1) * w];
-                out[..lo].fill(0.0);
-                out[hi..].fill(0.0);
-                if hi > lo {
-                    let first = lo * s + kx - p;
-                    if s == 1 {
-                        out[lo..hi].copy_from_slice(&irow[first..first + (hi - lo)]);
-                    } else {
-                        for (j, o) in out[lo..hi].iter_mut().enumerate() {
-                            *o = irow[first + j * s];
-                        }
-                    }
-                }
-            }
-        };
-        cols.chunks_mut(n).enumerate().for_each(|(r, row)| fill(r, row));
     }
 
     /// `act(bias + W' * concat(parts)) + residual` for NCHW inputs: `parts`
@@ -154,21 +133,21 @@ impl GemmConv2d {
         // Not zeroed: the first GEMM of every band overwrites its columns
         // (zeroing cost 10 % of a b3 forward), and nothing reads them before.
         let mut out: Vec<f32> = Vec::with_capacity(batch * o * n);
-        let mut scaled = Vec::new();
         for b in 0..batch {
-            let weight: &[f32] = match &gate {
-                Some(g) => {
-                    self.scale_weight(&g[b * self.in_channels..(b + 1) * self.in_channels], &mut scaled);
-                    &scaled
-                }
-                None => &self.weight,
-            };
             let imgs: Vec<(&[f32], usize)> =
                 views.iter().zip(&channels).map(|(v, &c)| (&v.slice()[b * c * h * w..(b + 1) * c * h * w], c)).collect();
+            // Kernels wider than 1x1 read the image as padded, phase-split
+            // rows (all parts in one buffer): each tap is then one copy.
+            let split = (!self.is_pointwise()).then(|| self.split_image(&imgs, h, w));
             let res = res_view.as_ref().map(|r| &r.slice()[b * o * n..(b + 1) * o * n]);
             // SAFETY: image b's o*n block lies inside the allocation.
             let out = OutPtr(unsafe { out.as_mut_ptr().add(b * o * n) });
-            let band = |oys: Range<usize>| self.band(weight, &imgs, h, w, oys, oh, ow, out, res);
+            let g = gate.as_ref().map(|g| &g[b * self.in_channels..(b + 1) * self.in_channels]);
+            let source = match &split {
+                Some((rows, bases)) => Source::Split { rows, bases, wp: w + 2 * self.pad },
+                None => Source::Parts(&imgs),
+            };
+            let band = |oys: Range<usize>| self.band(g, &source, h, oys, ow, out, res);
             // One parallel region per convolution: each thread convolves a band
             // of output rows start to end (im2col, GEMM, bias/SiLU/residual),
             // with its own columns buffer. Small ones stay on this thread.
@@ -188,93 +167,104 @@ impl GemmConv2d {
         Tensor::from_vec(out, (batch, o, oh, ow), first.device())
     }
 
-    /// The weights with input channel c scaled by `g[c]`.
-    fn scale_weight(&self, g: &[f32], out: &mut Vec<f32>) {
-        let per = self.k * self.k;
-        out.clear();
-        out.extend_from_slice(&self.weight);
-        for row in out.chunks_mut(self.in_channels * per) {
-            for (taps, &gc) in row.chunks_mut(per).zip(g) {
-                taps.iter_mut().for_each(|v| *v *= gc);
-            }
+    /// Every input channel's rows, padded by `pad` and split by stride phase,
+    /// and where each kernel column starts in such a row.
+    fn split_image(&self, imgs: &[(&[f32], usize)], h: usize, w: usize) -> (Vec<f32>, Vec<usize>) {
+        let wp = w + 2 * self.pad;
+        let mut rows = vec![0.0; self.in_channels * h * wp];
+        let src = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(w));
+        for (row, dst) in src.zip(rows.chunks_exact_mut(wp)) {
+            split_row(row, self.pad, self.stride, dst);
         }
+        (rows, split_bases(self.k, self.stride, wp))
     }
 
-    /// Output rows `oys` (all channels) of one image: for each input part,
-    /// its column matrix times its weight columns, accumulated; then bias,
-    /// SiLU (if any) and the residual over the band while it is in cache.
+    /// Output rows `oys` (all channels) of one image: the GEMM of the
+    /// weights (gated by `gate` when given) with those rows' column matrix,
+    /// bias, SiLU and the residual applied as it goes.
     #[allow(clippy::too_many_arguments)]
-    fn band(
-        &self,
-        weight: &[f32],
-        imgs: &[(&[f32], usize)],
-        h: usize,
-        w: usize,
-        oys: Range<usize>,
-        oh: usize,
-        ow: usize,
-        out: OutPtr,
-        residual: Option<&[f32]>,
-    ) {
-        let per = self.k * self.k;
-        let (o, row, n) = (self.out_channels, self.in_channels * per, oh * ow);
+    fn band(&self, gate: Option<&[f32]>, source: &Source, h: usize, oys: Range<usize>, ow: usize, out: OutPtr, residual: Option<&[f32]>) {
+        let n = self.out_size(h) * ow;
         let (col0, nb) = (oys.start * ow, oys.len() * ow);
-        let mut c_off = 0;
-        for &(img, c) in imgs {
-            let kk = c * per;
-            let gemm_into = |cols: *const f32, cols_rs: usize| {
-                debug_assert!(weight.len() == o * row && c_off + c <= self.in_channels);
-                // SAFETY: `out` is o x n row-major and this band writes only its
-                // columns [col0, col0 + nb) (bands are disjoint); the weight
-                // block (o x kk at column c_off*per of an o x row matrix) and
-                // the kk x nb column block (row stride cols_rs) are in bounds.
-                unsafe {
-                    gemm::gemm(
-                        o,
-                        nb,
-                        kk,
-                        out.0.add(col0),
-                        1,
-                        n as isize,
-                        c_off > 0, // the first part writes without reading
-                        weight.as_ptr().add(c_off * per),
-                        1,
-                        row as isize,
-                        cols,
-                        1,
-                        cols_rs as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+        let cols = ConvColumns { conv: self, source, h, oys, ow };
+        let epi = Epilogue {
+            bias: &self.bias,
+            silu: self.silu,
+            // SAFETY (of the pointer's use): the residual is o x n like the output.
+            residual: residual.map(|r| r[col0..].as_ptr()),
+        };
+        let run = |a: &PackedWeights| {
+            // SAFETY: `out` is o x n row-major; this band writes only its
+            // columns [col0, col0 + nb) of each row (bands are disjoint), and
+            // the residual is read in the same layout.
+            unsafe { sgemm::gemm(a, &cols, nb, out.0.add(col0), n, &epi) }
+        };
+        match gate {
+            None => run(&self.packed),
+            Some(g) => GATED.with_borrow_mut(|gated| {
+                let gated = gated.get_or_insert_with(|| PackedWeights::pack(self.simd, &[], 0, 0));
+                self.packed.scaled_into(self.k * self.k, g, gated);
+                run(gated)
+            }),
+        }
+    }
+}
+
+/// The image a convolution reads: its parts as given (1x1 kernels, whose
+/// column matrix the image already is), or all channels as split rows.
+enum Source<'a> {
+    Parts(&'a [(&'a [f32], usize)]),
+    Split { rows: &'a [f32], bases: &'a [usize], wp: usize },
+}
+
+/// Rows of one band's column matrix: row r is input channel r / (k*k)
+/// (counted across the parts) at tap (r / k % k, r % k), sampled at every
+/// output pixel of rows `oys`.
+struct ConvColumns<'a> {
+    conv: &'a GemmConv2d,
+    source: &'a Source<'a>,
+    h: usize,
+    oys: Range<usize>,
+    ow: usize,
+}
+
+impl Columns for ConvColumns<'_> {
+    fn row<'s>(&'s self, r: usize, cols: Range<usize>, out: &'s mut [f32]) -> &'s [f32] {
+        let (k, s, p) = (self.conv.k, self.conv.stride, self.conv.pad);
+        let (h, ow) = (self.h, self.ow);
+        let first = self.oys.start * ow; // column 0 of the band, in the image
+        let (rows, bases, wp) = match *self.source {
+            Source::Parts(imgs) => {
+                let mut c = r;
+                for &(img, ch) in imgs {
+                    if c < ch {
+                        let n = img.len() / ch;
+                        return &img[c * n + first + cols.start..c * n + first + cols.end];
+                    }
+                    c -= ch;
                 }
-            };
-            if self.is_pointwise() {
-                gemm_into(img[col0..].as_ptr(), n); // the input is its own column matrix
+                unreachable!("row {r} beyond the parts' channels"); // gemm asks for rows < K only
+            }
+            Source::Split { rows, bases, wp } => (rows, bases, wp),
+        };
+        let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let plane = &rows[c * h * wp..(c + 1) * h * wp];
+        let mut at = cols.start;
+        while at < cols.end {
+            // One output row's piece: pixels [at, end) of the band.
+            let (oy, ox0) = (self.oys.start + at / ow, at % ow);
+            let ox1 = (ox0 + (cols.end - at)).min(ow);
+            let dst = &mut out[at - cols.start..at - cols.start + (ox1 - ox0)];
+            let iy = (oy * s + ky) as isize - p as isize;
+            if iy < 0 || iy >= h as isize {
+                dst.fill(0.0);
             } else {
-                COLUMNS.with_borrow_mut(|cols| {
-                    cols.resize(kk * nb, 0.0);
-                    self.im2col(img, h, w, oys.clone(), ow, &mut cols[..kk * nb]);
-                    gemm_into(cols.as_ptr(), nb);
-                });
+                let from = iy as usize * wp + bases[kx] + ox0;
+                dst.copy_from_slice(&plane[from..from + dst.len()]);
             }
-            c_off += c;
+            at += ox1 - ox0;
         }
-        for r in 0..o {
-            // SAFETY: row r's band columns, written by this band alone.
-            let seg = unsafe { std::slice::from_raw_parts_mut(out.0.add(r * n + col0), nb) };
-            let bias = self.bias[r];
-            seg.iter_mut().for_each(|v| *v += bias);
-            if self.silu {
-                silu_inplace(seg);
-            }
-            if let Some(res) = residual {
-                seg.iter_mut().zip(&res[r * n + col0..r * n + col0 + nb]).for_each(|(d, x)| *d += x);
-            }
-        }
+        out
     }
 }
 
@@ -290,6 +280,10 @@ unsafe impl Sync for OutPtr {}
 mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
+
+    fn levels() -> impl Iterator<Item = Simd> {
+        Simd::ALL.into_iter().filter(|s| s.runs_here())
+    }
 
     /// Equal to candle's conv2d + bias (+ SiLU) on random shapes, strides,
     /// paddings and odd sizes, batch 1 and 2.
@@ -308,19 +302,22 @@ mod tests {
             (1, 16, 32, 3, 1, 1, 80, 64, true),
             (1, 7, 9, 3, 1, 0, 4, 3, false),
             (1, 1, 1, 3, 1, 1, 1, 1, true),
+            // Wider than one NC block of columns, K over one KC block, M not a tile multiple.
+            (1, 40, 13, 3, 1, 1, 40, 31, true),
+            (1, 24, 20, 3, 2, 1, 67, 70, false),
         ];
-        for (b, i, o, k, s, p, h, w, silu) in cases {
+        for (simd, (b, i, o, k, s, p, h, w, silu)) in levels().flat_map(|l| cases.map(|c| (l, c))) {
             let x = Tensor::randn(0f32, 1.0, (b, i, h, w), &dev)?;
             let wt = Tensor::randn(0f32, 0.5, (o, i, k, k), &dev)?;
             let bias = Tensor::randn(0f32, 1.0, o, &dev)?;
-            let ours = GemmConv2d::new(&wt, &bias, s, p, silu)?.forward(&x)?;
+            let ours = GemmConv2d::at_level(simd, &wt, &bias, s, p, silu)?.forward(&x)?;
             let mut theirs = x.conv2d(&wt, p, s, 1, 1)?.broadcast_add(&bias.reshape((1, o, 1, 1))?)?;
             if silu {
                 theirs = candle_nn::ops::silu(&theirs)?;
             }
-            assert_eq!(ours.dims(), theirs.dims(), "b{b} i{i} o{o} k{k} s{s} p{p} {h}x{w}");
+            assert_eq!(ours.dims(), theirs.dims(), "{simd} b{b} i{i} o{o} k{k} s{s} p{p} {h}x{w}");
             let diff = (ours - theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            assert!(diff < 1e-4, "b{b} i{i} o{o} k{k} s{s} p{p} {h}x{w}: max diff {diff}");
+            assert!(diff < 1e-4, "{simd} b{b} i{i} o{o} k{k} s{s} p{p} {h}x{w}: max diff {diff}");
         }
         Ok(())
     }
@@ -329,7 +326,7 @@ mod tests {
     #[test]
     fn parts_gate_residual_match_the_plain_ops() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        for (k, s, silu) in [(1, 1, true), (3, 1, false), (3, 2, true)] {
+        for (simd, (k, s, silu)) in levels().flat_map(|l| [(1, 1, true), (3, 1, false), (3, 2, true)].map(|c| (l, c))) {
             let (b, h, w, o) = (2, 41, 37, 32); // k 3: enough work for parallel bands
             let a = Tensor::randn(0f32, 1.0, (b, 3, h, w), &dev)?;
             let c = Tensor::randn(0f32, 1.0, (b, 4, h, w), &dev)?;
@@ -337,13 +334,13 @@ mod tests {
             let wt = Tensor::randn(0f32, 0.5, (o, 7, k, k), &dev)?;
             let bias = Tensor::randn(0f32, 1.0, o, &dev)?;
             let gate = Tensor::rand(0f32, 1.0, (b, 7), &dev)?;
-            let conv = GemmConv2d::new(&wt, &bias, s, k / 2, silu)?;
+            let conv = GemmConv2d::at_level(simd, &wt, &bias, s, k / 2, silu)?;
             let plain = conv.forward(&x.broadcast_mul(&gate.reshape((b, 7, 1, 1))?)?)?;
             let residual = Tensor::randn(0f32, 1.0, plain.dims(), &dev)?;
             let want = (&plain + &residual)?;
             let got = conv.run(&[&a, &c], Some(&gate), Some(&residual))?;
             let diff = (got - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            assert!(diff < 1e-4, "k{k} s{s}: {diff}");
+            assert!(diff < 1e-4, "{simd} k{k} s{s}: {diff}");
             assert!(conv.run(&[&a], None, None).is_err(), "missing channels are an error");
         }
         Ok(())

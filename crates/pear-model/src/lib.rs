@@ -5,7 +5,9 @@
 //! `annotate` draws an inspection onto its image;
 //! `bundle` reads the one-file model format, `weights` hands tensors to the
 //! layers, `yolo` and `efficientnet` are the networks (candle, one struct per
-//! layer), `depthwise` and `gemm_conv` are our CPU convolution kernels,
+//! layer), `depthwise` and `gemm_conv` are our CPU convolution kernels, `sgemm`
+//! the GEMM under the dense one, `simd` the SIMD level they all run at
+//! (`PEAR_SIMD` lowers it),
 //! `preprocess` and `nms` reproduce ultralytics' and PIL's image handling bit
 //! for bit, and
 //! `pipeline` strings them together the way the original server did.
@@ -23,6 +25,9 @@ mod layers;
 mod nms;
 pub mod pipeline;
 mod preprocess;
+pub mod sgemm;
+pub mod simd;
+mod split_rows;
 pub mod weights;
 pub mod yolo;
 

@@ -1,0 +1,329 @@
+//! Our single-precision GEMM for the convolutions: C = A * B with the
+//! convolution's bias, SiLU and residual applied as each tile of C leaves
+//! the registers, at the SIMD level `Simd::active()` names.
+//!
+//! A is the weights, packed once at load into panels of MR output channels
+//! (`PackedWeights`); B is the convolution's column matrix, which the caller
+//! hands over row by row (`Columns`) and which is packed here, KC rows by NR
+//! columns at a time, straight from the image (im2col never exists whole).
+//! Blocking follows the usual scheme: a KC x NR panel of B stays in L1 while
+//! MR x KC panels of A stream from L2, MC output channels at a time.
+//! The tile (`tile.rs`) is written once over `F32x` and compiled per level.
+//!
+//! candle's `gemm` crate did this job before: it packs the weights again on
+//! every call, has no epilogue (bias, SiLU and the residual were another pass
+//! over C) and cannot be told which SIMD level to use.
+
+mod tile;
+pub(crate) mod vector;
+
+use crate::simd::Simd;
+use std::cell::RefCell;
+use std::ops::Range;
+use vector::F32x;
+
+/// Rows of B packed per pass: a KC x NR panel of B is 16-48 KiB.
+const KC: usize = 256;
+/// Columns per block of packed B.
+const NC: usize = 256;
+
+/// Tile shape per level: MR output channels by NV vectors of pixels.
+/// AVX2: 6 x 16 (12 accumulators of 16 registers); AVX-512: 8 x 48
+/// (24 of 32, and 8 divides every channel count of both networks).
+const fn shape(simd: Simd) -> (usize, usize) {
+    match simd {
+        Simd::Portable => (4, 2),
+        Simd::Avx2 => (6, 2),
+        Simd::Avx512 => (8, 3),
+    }
+}
+
+/// A row-major M x K matrix as panels of MR rows: panel i holds, for each
+/// k, rows i*MR .. i*MR+MR, so the tile reads it in order. The last panel
+/// holds the M % MR rows left, as narrower columns: a tile of that height
+/// runs it, with no padding rows to multiply.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    simd: Simd,
+    mr: usize,
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedWeights {
+    pub fn pack(simd: Simd, a: &[f32], m: usize, k: usize) -> PackedWeights {
+        assert_eq!(a.len(), m * k, "weights are M x K");
+        let mr = shape(simd).0;
+        let mut data = vec![0.0; m * k];
+        for (i, row) in a.chunks_exact(k.max(1)).enumerate().take(m) {
+            let (first, width) = (i - i % mr, mr.min(m - (i - i % mr)));
+            let panel = &mut data[first * k..][..width * k];
+            for (p, &v) in row.iter().enumerate() {
+                panel[p * width + i % mr] = v;
+            }
+        }
+        PackedWeights { simd, mr, m, k, data }
+    }
+
+    pub fn simd(&self) -> Simd {
+        self.simd
+    }
+
+    /// These weights with column p scaled by `g[p / per]` (a squeeze-excite
+    /// gate on the input channels of a convolution with `per` taps each),
+    /// into `out`, whose allocation is reused.
+    pub fn scaled_into(&self, per: usize, g: &[f32], out: &mut PackedWeights) {
+        assert_eq!(g.len() * per, self.k, "one gate value per input channel");
+        out.simd = self.simd;
+        out.mr = self.mr;
+        out.m = self.m;
+        out.k = self.k;
+        out.data.clear();
+        out.data.extend_from_slice(&self.data);
+        for first in (0..self.m).step_by(self.mr) {
+            let width = self.mr.min(self.m - first);
+            let panel = &mut out.data[first * self.k..][..width * self.k];
+            for (p, col) in panel.chunks_exact_mut(width).enumerate() {
+                let s = g[p / per];
+                col.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+    }
+}
+
+/// B, one row at a time: row `r` (of K), columns `cols` (of N).
+pub trait Columns {
+    /// The row's values, either borrowed from the source or written into
+    /// `scratch` (which has `cols.len()` elements).
+    fn row<'s>(&'s self, r: usize, cols: Range<usize>, scratch: &'s mut [f32]) -> &'s [f32];
+}
+
+/// What happens to each finished element of C: `+ bias[row]`, then SiLU,
+/// then `+ residual` (an M x N matrix laid out as C).
+pub struct Epilogue<'a> {
+    pub bias: &'a [f32],
+    pub silu: bool,
+    pub residual: Option<*const f32>,
+}
+
+thread_local! {
+    /// Packed B and one unpacked row of it, reused by every call on this thread.
+    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// C (M x N, row stride `ldc`) = epilogue(A * B), for B of K x N.
+///
+/// # Safety
+/// `c` is valid for writes of M rows of N floats at stride `ldc`, and the
+/// residual, if any, for reads in the same layout; nothing else touches
+/// those elements during the call.
+pub unsafe fn gemm(a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue) {
+    assert!(epi.bias.len() >= a.m, "one bias per output row");
+    if a.m == 0 || n == 0 {
+        return;
+    }
+    if a.k == 0 {
+        // An empty sum: only the epilogue remains. Not a shape our networks
+        // have, but a defined one.
+        tile::epilogue_only(a.m, n, c, ldc, epi);
+        return;
+    }
+    BUFFERS.with_borrow_mut(|(packed, scratch)| match a.simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 if Simd::Avx512.runs_here() => run_avx512(a, b, n, c, ldc, epi, packed, scratch),
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 if Simd::Avx2.runs_here() => run_avx2(a, b, n, c, ldc, epi, packed, scratch),
+        _ => drive::<vector::Portable, 4, 2, 8>(a, b, n, c, ldc, epi, packed, scratch),
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_avx512(
+    a: &PackedWeights,
+    b: &dyn Columns,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    epi: &Epilogue,
+    p: &mut Vec<f32>,
+    s: &mut Vec<f32>,
+) {
+    drive::<vector::Avx512, 8, 3, 48>(a, b, n, c, ldc, epi, p, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_avx2(
+    a: &PackedWeights,
+    b: &dyn Columns,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    epi: &Epilogue,
+    p: &mut Vec<f32>,
+    s: &mut Vec<f32>,
+) {
+    drive::<vector::Avx2, 6, 2, 16>(a, b, n, c, ldc, epi, p, s)
+}
+
+/// The blocked loops around the tile, for one level's vector type and tile
+/// shape (which `shape` and the weights' packing agree on).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
+    a: &PackedWeights,
+    b: &dyn Columns,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    epi: &Epilogue,
+    packed: &mut Vec<f32>,
+    scratch: &mut Vec<f32>,
+) {
+    debug_assert!(a.mr == MR && NR == NV * V::LANES);
+    let nr = NR;
+    let (m, k) = (a.m, a.k);
+    for jc in (0..n).step_by(NC) {
+        let ncur = NC.min(n - jc);
+        let panels = ncur.div_ceil(nr);
+        for pc in (0..k).step_by(KC) {
+            let kcur = KC.min(k - pc);
+            let packed = pack_b::<NR>(b, pc..pc + kcur, jc..jc + ncur, packed, scratch);
+            let (accumulate, last) = (pc > 0, pc + kcur == k);
+            // Row panels outside, column panels inside: each row of C is
+            // written left to right, and the packed block (in L2) is read
+            // once per row panel, its A panel staying in L1.
+            for ir in (0..m).step_by(MR) {
+                for jp in 0..panels {
+                    let bp = packed.as_ptr().add(jp * kcur * nr);
+                    let cols = nr.min(ncur - jp * nr);
+                    {
+                        let rows = MR.min(m - ir);
+                        let ap = a.data.as_ptr().add(ir * k + pc * rows);
+                        let at = tile::At { c, ldc, row: ir, col: jc + jp * nr, rows, cols };
+                        let epi = last.then_some(epi);
+                        match rows {
+                            _ if rows == MR => tile::tile::<V, MR, NV>(kcur, ap, bp, &at, accumulate, epi),
+                            1 => tile::tile::<V, 1, NV>(kcur, ap, bp, &at, accumulate, epi),
+                            2 => tile::tile::<V, 2, NV>(kcur, ap, bp, &at, accumulate, epi),
+                            3 => tile::tile::<V, 3, NV>(kcur, ap, bp, &at, accumulate, epi),
+                            4 => tile::tile::<V, 4, NV>(kcur, ap, bp, &at, accumulate, epi),
+                            5 => tile::tile::<V, 5, NV>(kcur, ap, bp, &at, accumulate, epi),
+                            6 => tile::tile::<V, 6, NV>(kcur, ap, bp, &at, accumulate, epi),
+                            _ => tile::tile::<V, 7, NV>(kcur, ap, bp, &at, accumulate, epi),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows `rows` of B, columns `cols`, as panels of NR columns: panel j
+/// holds, row after row, columns j*NR .. j*NR+NR (zero past the end).
+/// The panels start on a cache line: the tile's vector loads never split one.
+#[inline(always)]
+fn pack_b<'p, const NR: usize>(
+    b: &dyn Columns,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    packed: &'p mut Vec<f32>,
+    scratch: &mut Vec<f32>,
+) -> &'p [f32] {
+    let (kc, nc) = (rows.len(), cols.len());
+    let len = nc.div_ceil(NR) * kc * NR;
+    packed.resize(len + 16, 0.0);
+    let at = packed.as_ptr().align_offset(64).min(16);
+    let packed = &mut packed[at..at + len];
+    scratch.resize(nc, 0.0);
+    for (rr, r) in rows.enumerate() {
+        let row = b.row(r, cols.clone(), &mut scratch[..nc]);
+        debug_assert_eq!(row.len(), nc);
+        let mut chunks = row.chunks_exact(NR);
+        for (j, chunk) in (&mut chunks).enumerate() {
+            packed[(j * kc + rr) * NR..][..NR].copy_from_slice(chunk);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let dst = &mut packed[((nc / NR) * kc + rr) * NR..][..NR];
+            dst[..rest.len()].copy_from_slice(rest);
+            dst[rest.len()..].fill(0.0);
+        }
+    }
+    packed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// A row-major K x N matrix as `Columns`.
+    struct Dense<'a>(&'a [f32], usize);
+    impl Columns for Dense<'_> {
+        fn row<'s>(&'s self, r: usize, cols: Range<usize>, _: &'s mut [f32]) -> &'s [f32] {
+            &self.0[r * self.1..][cols]
+        }
+    }
+
+    /// Equal to candle's matmul (then bias, SiLU, residual as candle ops) at
+    /// every level this CPU runs, on shapes that hit every edge: M and N
+    /// not multiples of the tile, K across several KC blocks, N across NC.
+    #[test]
+    fn matches_candle_matmul_at_every_level() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let shapes =
+            [(1, 1, 1), (5, 3, 7), (6, 16, 9), (8, 48, 27), (13, 100, 300), (16, 1100, 64), (37, 77, 513), (130, 50, 40), (24, 2100, 5)];
+        for simd in Simd::ALL.into_iter().filter(|s| s.runs_here()) {
+            for &(m, n, k) in &shapes {
+                for (silu, residual) in [(false, false), (true, false), (true, true), (false, true)] {
+                    let a = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+                    let b = Tensor::randn(0f32, 1.0, (k, n), &dev)?;
+                    let bias = Tensor::randn(0f32, 1.0, m, &dev)?;
+                    let res = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
+                    let mut want = a.matmul(&b)?.broadcast_add(&bias.reshape((m, 1))?)?;
+                    if silu {
+                        want = candle_nn::ops::silu(&want)?;
+                    }
+                    if residual {
+                        want = (want + &res)?;
+                    }
+                    let packed = PackedWeights::pack(simd, &a.flatten_all()?.to_vec1()?, m, k);
+                    let bv = b.flatten_all()?.to_vec1::<f32>()?;
+                    let rv = res.flatten_all()?.to_vec1::<f32>()?;
+                    let bias = bias.to_vec1::<f32>()?;
+                    // C inside a wider buffer: ldc > n, and the margin must stay untouched.
+                    let ldc = n + 3;
+                    let mut c = vec![f32::NAN; m * ldc];
+                    let rpad: Vec<f32> = (0..m * ldc).map(|i| if i % ldc < n { rv[i / ldc * n + i % ldc] } else { 0.0 }).collect();
+                    let epi = Epilogue { bias: &bias, silu, residual: residual.then_some(rpad.as_ptr()) };
+                    // SAFETY: c and rpad are m x ldc.
+                    unsafe { gemm(&packed, &Dense(&bv, n), n, c.as_mut_ptr(), ldc, &epi) };
+                    let got: Vec<f32> = c.chunks(ldc).flat_map(|r| r[..n].to_vec()).collect();
+                    assert!(c.chunks(ldc).all(|r| r[n..].iter().all(|v| v.is_nan())), "{simd} {m}x{n}x{k}: wrote past N");
+                    let want = want.flatten_all()?.to_vec1::<f32>()?;
+                    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0f32, f32::max);
+                    assert!(worst < 1e-4, "{simd} {m}x{n}x{k} silu {silu} residual {residual}: {worst}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn scaled_weights_scale_columns() {
+        let (m, k) = (7, 6);
+        let a: Vec<f32> = (0..m * k).map(|v| v as f32).collect();
+        let g = [2.0, 0.5, -1.0];
+        let want: Vec<f32> = a.iter().enumerate().map(|(i, v)| v * g[(i % k) / 2]).collect();
+        for simd in Simd::ALL {
+            let mut out = PackedWeights::pack(simd, &[], 0, 0);
+            PackedWeights::pack(simd, &a, m, k).scaled_into(2, &g, &mut out);
+            assert_eq!(out.data, PackedWeights::pack(simd, &want, m, k).data, "{simd}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The GEMM's inner tile: MR rows of C by NV vectors of columns, summed in
+//! registers over one KC block, then merged into C with the epilogue.
+
+use super::vector::{self, F32x};
+use super::Epilogue;
+use crate::activation;
+
+/// Where a tile lands in C: its first row and column, and how many of its
+/// MR x NR elements are inside C (fewer at the right and bottom edges).
+pub(super) struct At {
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub row: usize,
+    pub col: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Largest tile of any level (8 x 48 for AVX-512), for edge tiles.
+const EDGE: usize = 8 * 48;
+
+/// `acc = A panel (kc x MR) * B panel (kc x NR)`, then C = acc (+ C if
+/// `accumulate`), then the epilogue when this was the last KC block.
+///
+/// # Safety
+/// `a` holds kc*MR floats and `b` kc*NR; the `At` region is inside C.
+#[inline(always)]
+pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    at: &At,
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+) {
+    let (l, nr) = (V::LANES, NV * V::LANES);
+    let mut acc = [[V::splat(0.0); NV]; MR];
+    for p in 0..kc {
+        let bv: [V; NV] = std::array::from_fn(|j| V::load(b.add(p * nr + j * l)));
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = V::splat(*a.add(p * MR + i));
+            for (acc, &bv) in row.iter_mut().zip(&bv) {
+                *acc = av.mul_add(bv, *acc);
+            }
+        }
+    }
+    if at.rows == MR && at.cols == nr {
+        // The plain stores first (unrolled, the sums stay in registers), then
+        // the epilogue over the tile while it sits in L1.
+        for (i, row) in acc.iter().enumerate() {
+            let cp = at.c.add((at.row + i) * at.ldc + at.col);
+            for (j, &v) in row.iter().enumerate() {
+                let v = if accumulate { v.add(V::load(cp.add(j * l))) } else { v };
+                v.store(cp.add(j * l));
+            }
+        }
+        if let Some(e) = epi {
+            for i in 0..MR {
+                let off = (at.row + i) * at.ldc + at.col;
+                let bias = V::splat(e.bias[at.row + i]);
+                for j in 0..NV {
+                    let cp = at.c.add(off + j * l);
+                    let mut v = V::load(cp).add(bias);
+                    if e.silu {
+                        v = vector::silu(v);
+                    }
+                    if let Some(r) = e.residual {
+                        v = v.add(V::load(r.add(off + j * l)));
+                    }
+                    v.store(cp);
+                }
+            }
+        }
+        return;
+    }
+    // An edge: the whole tile into a buffer, then only what lies inside C.
+    debug_assert!(MR * nr <= EDGE);
+    let mut buf = [0f32; EDGE];
+    for (i, row) in acc.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            v.store(buf.as_mut_ptr().add(i * nr + j * l));
+        }
+    }
+    for i in 0..at.rows {
+        let off = (at.row + i) * at.ldc + at.col;
+        for j in 0..at.cols {
+            let cp = at.c.add(off + j);
+            let mut v = buf[i * nr + j];
+            if accumulate {
+                v += *cp;
+            }
+            if let Some(e) = epi {
+                v = finish(v, e, at.row + i, off + j);
+            }
+            *cp = v;
+        }
+    }
+}
+
+/// The epilogue of one element of row `row` at offset `off` in C.
+#[inline(always)]
+unsafe fn finish(mut v: f32, e: &Epilogue, row: usize, off: usize) -> f32 {
+    v += e.bias[row];
+    if e.silu {
+        v /= 1.0 + activation::exp(-v);
+    }
+    if let Some(r) = e.residual {
+        v += *r.add(off);
+    }
+    v
+}
+
+/// C = epilogue(0), for K = 0.
+///
+/// # Safety
+/// As `sgemm::gemm`.
+pub(super) unsafe fn epilogue_only(m: usize, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue) {
+    for i in 0..m {
+        for j in 0..n {
+            *c.add(i * ldc + j) = finish(0.0, epi, i, i * ldc + j);
+        }
+    }
+}
