@@ -172,10 +172,13 @@ impl GemmConv2d {
     fn split_image(&self, imgs: &[(&[f32], usize)], h: usize, w: usize) -> (Vec<f32>, Vec<usize>) {
         let wp = w + 2 * self.pad;
         let mut rows = vec![0.0; self.in_channels * h * wp];
-        let src = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(w));
-        for (row, dst) in src.zip(rows.chunks_exact_mut(wp)) {
-            split_row(row, self.pad, self.stride, dst);
-        }
+        let planes: Vec<&[f32]> = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(h * w)).collect();
+        // Channels in parallel: a serial pass here would idle the other cores.
+        rows.par_chunks_mut(h * wp).zip(planes).with_min_len((PAR_MIN_MACS / 64 / (h * w)).max(1)).for_each(|(dst, plane)| {
+            for (row, dst) in plane.chunks_exact(w).zip(dst.chunks_exact_mut(wp)) {
+                split_row(row, self.pad, self.stride, dst);
+            }
+        });
         (rows, split_bases(self.k, self.stride, wp))
     }
 
