@@ -11,18 +11,9 @@
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pear_model::sgemm::{gemm, Columns, Epilogue, PackedWeights};
+use pear_model::sgemm::{gemm, Epilogue, PackedWeights, RowMajor};
 use pear_model::simd::Simd;
-use std::ops::Range;
 use std::time::Duration;
-
-struct Dense<'a>(&'a [f32], usize);
-
-impl Columns for Dense<'_> {
-    fn row<'s>(&'s self, r: usize, cols: Range<usize>, _: &'s mut [f32]) -> &'s [f32] {
-        &self.0[r * self.1..][cols]
-    }
-}
 
 fn bench(c: &mut Criterion) {
     pear_model::cpu::single_threaded_candle_ops(); // candle's matmul on one thread too
@@ -44,7 +35,7 @@ fn bench(c: &mut Criterion) {
             it.iter(|| {
                 let epi = Epilogue { bias: &bias, silu: false, residual: None };
                 // SAFETY: out is m x n.
-                unsafe { gemm(&packed, &Dense(&bv, n), n, out.as_mut_ptr(), n, &epi) }
+                unsafe { gemm(&packed, &RowMajor { data: &bv, cols: n }, n, out.as_mut_ptr(), n, &epi) }
             })
         });
         g.bench_function(format!("candle_{m}x{n}x{k}"), |it| it.iter(|| a.matmul(&b).unwrap()));

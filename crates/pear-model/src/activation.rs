@@ -39,28 +39,20 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(ni.wrapping_add(127) << 23)
 }
 
+/// x * sigmoid(x) for one value (the tails the vector loops leave).
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
 /// x * sigmoid(x), in place, at the given SIMD level: vector exp and the
 /// reciprocal's estimate, no division in the loop.
 pub fn silu_inplace(simd: Simd, v: &mut [f32]) {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 if simd.runs_here() => unsafe { silu_avx512(v) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 if simd.runs_here() => unsafe { silu_avx2(v) },
-        _ => unsafe { silu_lanes::<vector::Portable>(v) },
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn silu_avx512(v: &mut [f32]) {
-    silu_lanes::<vector::Avx512>(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn silu_avx2(v: &mut [f32]) {
-    silu_lanes::<vector::Avx2>(v)
+    crate::simd::at_level!(simd, (v: &mut [f32]),
+        avx512 => silu_lanes::<vector::Avx512>(v),
+        avx2 => silu_lanes::<vector::Avx2>(v),
+        portable => silu_lanes::<vector::Portable>(v),
+    )
 }
 
 /// # Safety
@@ -72,7 +64,7 @@ unsafe fn silu_lanes<V: F32x>(v: &mut [f32]) {
         vector::silu(V::load(c.as_ptr())).store(c.as_mut_ptr());
     }
     for x in chunks.into_remainder() {
-        *x /= 1.0 + exp(-*x);
+        *x = silu(*x);
     }
 }
 

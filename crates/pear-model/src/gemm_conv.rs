@@ -24,16 +24,14 @@ use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
 use crate::simd::Simd;
 use candle_core::Tensor;
 use rayon::prelude::*;
-use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Arc;
 
 /// Folded weights `weight[o][c][ky][kx]`, `bias[o]`.
 #[derive(Debug, Clone)]
 pub struct GemmConv2d {
-    /// The weights as the GEMM's packed left matrix, for `simd`.
+    /// The weights as the GEMM's packed left matrix, for one SIMD level.
     packed: Arc<PackedWeights>,
-    simd: Simd,
     bias: Arc<Vec<f32>>,
     in_channels: usize,
     out_channels: usize,
@@ -41,11 +39,6 @@ pub struct GemmConv2d {
     stride: usize,
     pad: usize,
     silu: bool,
-}
-
-thread_local! {
-    /// The gated copy of the packed weights, reused by every convolution this thread runs.
-    static GATED: RefCell<Option<PackedWeights>> = const { RefCell::new(None) };
 }
 
 /// Convolutions with fewer multiply-adds run on one thread: waking the
@@ -67,7 +60,6 @@ impl GemmConv2d {
         let weight = weight.flatten_all()?.to_vec1::<f32>()?;
         Ok(GemmConv2d {
             packed: Arc::new(PackedWeights::pack(simd, &weight, o, i * kh * kw)),
-            simd,
             bias: Arc::new(bias.flatten_all()?.to_vec1::<f32>()?),
             in_channels: i,
             out_channels: o,
@@ -133,6 +125,7 @@ impl GemmConv2d {
         // Not zeroed: the first GEMM of every band overwrites its columns
         // (zeroing cost 10 % of a b3 forward), and nothing reads them before.
         let mut out: Vec<f32> = Vec::with_capacity(batch * o * n);
+        let mut gated = None;
         for b in 0..batch {
             let imgs: Vec<(&[f32], usize)> =
                 views.iter().zip(&channels).map(|(v, &c)| (&v.slice()[b * c * h * w..(b + 1) * c * h * w], c)).collect();
@@ -142,12 +135,20 @@ impl GemmConv2d {
             let res = res_view.as_ref().map(|r| &r.slice()[b * o * n..(b + 1) * o * n]);
             // SAFETY: image b's o*n block lies inside the allocation.
             let out = OutPtr(unsafe { out.as_mut_ptr().add(b * o * n) });
-            let g = gate.as_ref().map(|g| &g[b * self.in_channels..(b + 1) * self.in_channels]);
+            // The gate scales the weights' input columns: once per image, for every band.
+            let weights: &PackedWeights = match &gate {
+                Some(g) => {
+                    let gated = gated.get_or_insert_with(|| PackedWeights::pack(self.packed.simd(), &[], 0, 0));
+                    self.packed.scaled_into(self.k * self.k, &g[b * self.in_channels..(b + 1) * self.in_channels], gated);
+                    gated
+                }
+                None => &self.packed,
+            };
             let source = match &split {
                 Some((rows, bases)) => Source::Split { rows, bases, wp: w + 2 * self.pad },
                 None => Source::Parts(&imgs),
             };
-            let band = |oys: Range<usize>| self.band(g, &source, h, oys, ow, out, res);
+            let band = |oys: Range<usize>| self.band(weights, &source, h, oys, ow, out, res);
             // One parallel region per convolution: each thread convolves a band
             // of output rows start to end (im2col, GEMM, bias/SiLU/residual),
             // with its own columns buffer. Small ones stay on this thread.
@@ -182,34 +183,28 @@ impl GemmConv2d {
         (rows, split_bases(self.k, self.stride, wp))
     }
 
-    /// Output rows `oys` (all channels) of one image: the GEMM of the
-    /// weights (gated by `gate` when given) with those rows' column matrix,
+    /// Output rows `oys` (all channels) of one image: the GEMM of `weights`
+    /// (this convolution's, gated or not) with those rows' column matrix,
     /// bias, SiLU and the residual applied as it goes.
     #[allow(clippy::too_many_arguments)]
-    fn band(&self, gate: Option<&[f32]>, source: &Source, h: usize, oys: Range<usize>, ow: usize, out: OutPtr, residual: Option<&[f32]>) {
+    fn band(
+        &self,
+        weights: &PackedWeights,
+        source: &Source,
+        h: usize,
+        oys: Range<usize>,
+        ow: usize,
+        out: OutPtr,
+        residual: Option<&[f32]>,
+    ) {
         let n = self.out_size(h) * ow;
         let (col0, nb) = (oys.start * ow, oys.len() * ow);
         let cols = ConvColumns { conv: self, source, h, oys, ow };
-        let epi = Epilogue {
-            bias: &self.bias,
-            silu: self.silu,
-            // SAFETY (of the pointer's use): the residual is o x n like the output.
-            residual: residual.map(|r| r[col0..].as_ptr()),
-        };
-        let run = |a: &PackedWeights| {
-            // SAFETY: `out` is o x n row-major; this band writes only its
-            // columns [col0, col0 + nb) of each row (bands are disjoint), and
-            // the residual is read in the same layout.
-            unsafe { sgemm::gemm(a, &cols, nb, out.0.add(col0), n, &epi) }
-        };
-        match gate {
-            None => run(&self.packed),
-            Some(g) => GATED.with_borrow_mut(|gated| {
-                let gated = gated.get_or_insert_with(|| PackedWeights::pack(self.simd, &[], 0, 0));
-                self.packed.scaled_into(self.k * self.k, g, gated);
-                run(gated)
-            }),
-        }
+        let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: residual.map(|r| r[col0..].as_ptr()) };
+        // SAFETY: `out` is o x n row-major; this band writes only its
+        // columns [col0, col0 + nb) of each row (bands are disjoint), and
+        // the residual is read in the same layout.
+        unsafe { sgemm::gemm(weights, &cols, nb, out.0.add(col0), n, &epi) }
     }
 }
 

@@ -39,18 +39,21 @@ impl Simd {
         }
     }
 
-    /// The best level this CPU has.
+    /// The best level this CPU has (probed once: every kernel call asks).
     pub fn detected() -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Simd::Avx512;
+        static DETECTED: OnceLock<Simd> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Simd::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Simd::Avx2;
+                }
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Simd::Avx2;
-            }
-        }
-        Simd::Portable
+            Simd::Portable
+        })
     }
 
     /// Whether this CPU can run code built for `self`.
@@ -101,10 +104,43 @@ impl std::fmt::Display for Simd {
     }
 }
 
-/// Defines `$name(args) -> ret` that runs `$body` compiled for the given
-/// level: the body is an `#[inline(always)]` function, instantiated inside a
-/// `#[target_feature]` wrapper per level so the compiler vectorises it with
-/// that level's instructions.
+/// Runs one of three expressions over the named arguments, each inside a
+/// function compiled for its level (`#[target_feature]`), so that the
+/// `#[inline(always)]` code it calls is vectorised with that level's
+/// instructions: `avx512 => ..`, `avx2 => ..`, `portable => ..` (also taken
+/// where a level does not run here). The expressions may call unsafe code:
+/// the caller answers for their safety as it would at the call.
+macro_rules! at_level {
+    ($level:expr, ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?,
+     avx512 => $avx512:expr, avx2 => $avx2:expr, portable => $portable:expr $(,)?) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { $avx512 }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { $avx2 }
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn portable($($arg: $ty),*) $(-> $ret)? { $portable }
+        let level: $crate::simd::Simd = $level;
+        // SAFETY: a level's code runs only where the CPU has that level
+        // (runs_here); the expressions' own conditions are the caller's.
+        #[allow(unused_unsafe)]
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::Simd::Avx512 if level.runs_here() => unsafe { avx512($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::Simd::Avx2 if level.runs_here() => unsafe { avx2($($arg),*) },
+            _ => unsafe { portable($($arg),*) },
+        }
+    }};
+}
+pub(crate) use at_level;
+
+/// Defines `$name(level, args) -> ret` that runs `$body` compiled for that
+/// level: one body, auto-vectorised per level (`at_level`), and checked as
+/// safe code.
 macro_rules! per_level {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -112,23 +148,8 @@ macro_rules! per_level {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f,avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
-            match level {
-                // SAFETY: a level above Portable is only ever chosen (Simd::parse,
-                // Simd::detected) or tested (runs_here) where the CPU has it.
-                #[cfg(target_arch = "x86_64")]
-                $crate::simd::Simd::Avx512 if level.runs_here() => unsafe { avx512($($arg),*) },
-                #[cfg(target_arch = "x86_64")]
-                $crate::simd::Simd::Avx2 if level.runs_here() => unsafe { avx2($($arg),*) },
-                _ => body($($arg),*),
-            }
+            $crate::simd::at_level!(level, ($($arg: $ty),*) $(-> $ret)?,
+                avx512 => body($($arg),*), avx2 => body($($arg),*), portable => body($($arg),*))
         }
     };
 }

@@ -99,6 +99,19 @@ pub trait Columns {
     fn row<'s>(&'s self, r: usize, cols: Range<usize>, scratch: &'s mut [f32]) -> &'s [f32];
 }
 
+/// A plain row-major K x N matrix as B (tests and benches; the
+/// convolutions hand over their column matrix instead).
+pub struct RowMajor<'a> {
+    pub data: &'a [f32],
+    pub cols: usize,
+}
+
+impl Columns for RowMajor<'_> {
+    fn row<'s>(&'s self, r: usize, cols: Range<usize>, _: &'s mut [f32]) -> &'s [f32] {
+        &self.data[r * self.cols..][cols]
+    }
+}
+
 /// What happens to each finished element of C: `+ bias[row]`, then SiLU,
 /// then `+ residual` (an M x N matrix laid out as C).
 pub struct Epilogue<'a> {
@@ -129,45 +142,14 @@ pub unsafe fn gemm(a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ld
         tile::epilogue_only(a.m, n, c, ldc, epi);
         return;
     }
-    BUFFERS.with_borrow_mut(|(packed, scratch)| match a.simd {
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 if Simd::Avx512.runs_here() => run_avx512(a, b, n, c, ldc, epi, packed, scratch),
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 if Simd::Avx2.runs_here() => run_avx2(a, b, n, c, ldc, epi, packed, scratch),
-        _ => drive::<vector::Portable, 4, 2, 8>(a, b, n, c, ldc, epi, packed, scratch),
+    BUFFERS.with_borrow_mut(|(packed, scratch)| {
+        crate::simd::at_level!(a.simd,
+            (a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue, packed: &mut Vec<f32>, scratch: &mut Vec<f32>),
+            avx512 => drive::<vector::Avx512, 8, 3, 48>(a, b, n, c, ldc, epi, packed, scratch),
+            avx2 => drive::<vector::Avx2, 6, 2, 16>(a, b, n, c, ldc, epi, packed, scratch),
+            portable => drive::<vector::Portable, 4, 2, 8>(a, b, n, c, ldc, epi, packed, scratch),
+        )
     })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_avx512(
-    a: &PackedWeights,
-    b: &dyn Columns,
-    n: usize,
-    c: *mut f32,
-    ldc: usize,
-    epi: &Epilogue,
-    p: &mut Vec<f32>,
-    s: &mut Vec<f32>,
-) {
-    drive::<vector::Avx512, 8, 3, 48>(a, b, n, c, ldc, epi, p, s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_avx2(
-    a: &PackedWeights,
-    b: &dyn Columns,
-    n: usize,
-    c: *mut f32,
-    ldc: usize,
-    epi: &Epilogue,
-    p: &mut Vec<f32>,
-    s: &mut Vec<f32>,
-) {
-    drive::<vector::Avx2, 6, 2, 16>(a, b, n, c, ldc, epi, p, s)
 }
 
 /// The blocked loops around the tile, for one level's vector type and tile
@@ -262,14 +244,6 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
-    /// A row-major K x N matrix as `Columns`.
-    struct Dense<'a>(&'a [f32], usize);
-    impl Columns for Dense<'_> {
-        fn row<'s>(&'s self, r: usize, cols: Range<usize>, _: &'s mut [f32]) -> &'s [f32] {
-            &self.0[r * self.1..][cols]
-        }
-    }
-
     /// Equal to candle's matmul (then bias, SiLU, residual as candle ops) at
     /// every level this CPU runs, on shapes that hit every edge: M and N
     /// not multiples of the tile, K across several KC blocks, N across NC.
@@ -302,7 +276,7 @@ mod tests {
                     let rpad: Vec<f32> = (0..m * ldc).map(|i| if i % ldc < n { rv[i / ldc * n + i % ldc] } else { 0.0 }).collect();
                     let epi = Epilogue { bias: &bias, silu, residual: residual.then_some(rpad.as_ptr()) };
                     // SAFETY: c and rpad are m x ldc.
-                    unsafe { gemm(&packed, &Dense(&bv, n), n, c.as_mut_ptr(), ldc, &epi) };
+                    unsafe { gemm(&packed, &RowMajor { data: &bv, cols: n }, n, c.as_mut_ptr(), ldc, &epi) };
                     let got: Vec<f32> = c.chunks(ldc).flat_map(|r| r[..n].to_vec()).collect();
                     assert!(c.chunks(ldc).all(|r| r[n..].iter().all(|v| v.is_nan())), "{simd} {m}x{n}x{k}: wrote past N");
                     let want = want.flatten_all()?.to_vec1::<f32>()?;

@@ -102,7 +102,7 @@ pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
 unsafe fn finish(mut v: f32, e: &Epilogue, row: usize, off: usize) -> f32 {
     v += e.bias[row];
     if e.silu {
-        v /= 1.0 + activation::exp(-v);
+        v = activation::silu(v);
     }
     if let Some(r) = e.residual {
         v += *r.add(off);
