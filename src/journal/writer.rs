@@ -16,6 +16,35 @@ const MAX_BATCH: usize = 4096;
 const REOPEN_EVERY: Duration = Duration::from_secs(5);
 /// How often rows older than the retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long writes must go without a failure before an incident is over.
+/// On a nearly full disk a small batch can still fit where a larger one did
+/// not; without this the log would flap between "cannot write" and "writing
+/// again" once per batch.
+const QUIET_BEFORE_RECOVERED: Duration = Duration::from_secs(60);
+
+/// A run of failures, logged once at its start and once at its end.
+#[derive(Default)]
+struct Incident {
+    last_failure: Option<Instant>,
+}
+
+impl Incident {
+    /// True when this failure starts an incident (and so should be logged).
+    fn failed(&mut self, now: Instant) -> bool {
+        self.last_failure.replace(now).is_none()
+    }
+
+    /// True when this success ends an incident (and so should be logged).
+    fn succeeded(&mut self, now: Instant) -> bool {
+        match self.last_failure {
+            Some(t) if now.saturating_duration_since(t) >= QUIET_BEFORE_RECOVERED => {
+                self.last_failure = None;
+                true
+            }
+            _ => false,
+        }
+    }
+}
 
 pub struct Settings {
     pub path: PathBuf,
@@ -160,8 +189,7 @@ struct Writer<'a> {
     db: Option<Connection>,
     last_open: Option<Instant>,
     last_prune: Option<Instant>,
-    /// In a run of failures (logged at its start and end only).
-    failing: bool,
+    incident: Incident,
     capture: Option<Capture>,
 }
 
@@ -184,9 +212,8 @@ impl Writer<'_> {
     }
 
     fn failed(&mut self, why: &str) {
-        if !self.failing {
+        if self.incident.failed(Instant::now()) {
             log::error!("journal: {why}; answers go on, and rows not written are counted in pear_journal_errors_total");
-            self.failing = true;
         }
     }
 
@@ -205,9 +232,8 @@ impl Writer<'_> {
                         }
                     }
                 }
-                if self.failing {
+                if self.incident.succeeded(Instant::now()) {
                     log::info!("journal: writing again");
-                    self.failing = false;
                 }
                 if let Some(db) = self.db.as_ref() {
                     match prune(db, &self.s, &mut self.last_prune) {
@@ -235,7 +261,7 @@ impl Writer<'_> {
 pub fn run(rx: Receiver<Record>, mut s: Settings, metrics: &Metrics) {
     let batch_time = s.batch;
     let capture = s.capture.take().map(|c| Capture::open(c, metrics));
-    let mut w = Writer { s, metrics, db: None, last_open: None, last_prune: None, failing: false, capture };
+    let mut w = Writer { s, metrics, db: None, last_open: None, last_prune: None, incident: Incident::default(), capture };
     w.db(); // open at start, so a corrupt file is replaced (and said) before the first answer
     while let Ok(first) = rx.recv() {
         let until = Instant::now() + batch_time;
@@ -251,5 +277,25 @@ pub fn run(rx: Receiver<Record>, mut s: Settings, metrics: &Metrics) {
     if let Some(db) = w.db.take() {
         // Fold the WAL into the database file, so the journal is one file at rest.
         let _ = db.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incident_is_logged_once_even_when_writes_flap() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut i = Incident::default();
+        assert!(!i.succeeded(at(0)), "no incident, nothing to end");
+        assert!(i.failed(at(1)), "the first failure starts one");
+        assert!(!i.succeeded(at(2)), "a success soon after is not the end");
+        assert!(!i.failed(at(3)), "nor is the next failure a new incident");
+        assert!(!i.succeeded(at(3 + 59)));
+        assert!(i.succeeded(at(3 + 60)), "a minute without failures ends it");
+        assert!(!i.succeeded(at(3 + 61)), "and only once");
+        assert!(i.failed(at(100)), "a later failure is a new incident");
     }
 }
