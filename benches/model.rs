@@ -36,6 +36,17 @@ fn random_b3() -> EfficientNet {
 fn bench(c: &mut Criterion) {
     pear_model::cpu::single_threaded_candle_ops(); // as the server runs
     pear_model::cpu::keep_freed_memory();
+    // As a server worker runs: its kernels on a pool of its own that
+    // includes its own thread (PEAR_BENCH_THREADS, default every core), so a
+    // parallel region starts on the calling thread instead of waiting for
+    // two pool threads to wake. Building it makes this thread the pool's
+    // worker 0 (criterion cannot move into `install`).
+    let threads = std::env::var("PEAR_BENCH_THREADS")
+        .ok()
+        .map(|t| t.parse().expect("PEAR_BENCH_THREADS is a thread count"))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let _pool = rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build().unwrap();
+    assert_eq!(rayon::current_thread_index(), Some(0), "this thread runs in the pool");
     let dev = Device::Cpu;
     let bundle = Path::new(ROOT).join("weights/pear-default.safetensors");
     let pipeline = Pipeline::load(&bundle, &dev, None).unwrap();
