@@ -6,7 +6,8 @@
 //! `bundle` reads the one-file model format, `weights` hands tensors to the
 //! layers, `yolo` and `efficientnet` are the networks (candle, one struct per
 //! layer), `depthwise` and `gemm_conv` are our CPU convolution kernels, `sgemm`
-//! the GEMM under the dense one, `simd` the SIMD level they all run at
+//! the GEMM under the dense one, `pool`, `upsample` and `dfl` (YOLO's box
+//! decoding) the kernels between them, `simd` the SIMD level they all run at
 //! (`PEAR_SIMD` lowers it),
 //! `preprocess` and `nms` reproduce ultralytics' and PIL's image handling bit
 //! for bit, and
@@ -19,15 +20,18 @@ mod activation;
 pub mod bundle;
 pub mod cpu;
 mod depthwise;
+mod dfl;
 pub mod efficientnet;
 mod gemm_conv;
 mod layers;
 mod nms;
 pub mod pipeline;
+mod pool;
 mod preprocess;
 pub mod sgemm;
 pub mod simd;
 mod split_rows;
+mod upsample;
 pub mod weights;
 pub mod yolo;
 

@@ -7,7 +7,10 @@
 //! SPPF pads its max-pool with -inf (not zeros), and the DFL projection is
 //! read from the checkpoint.
 
+use super::dfl;
 use super::layers::{Act, Conv};
+use super::pool::max_pool_same;
+use super::upsample::upsample_nearest;
 use super::weights::Weights;
 use super::{ModelError, Result};
 use candle_core::Tensor;
@@ -93,12 +96,7 @@ impl Sppf {
 
     /// 5x5 max-pool, stride 1, padding 2 with -inf as PyTorch pads.
     fn pool(x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let side = Tensor::full(f32::NEG_INFINITY, (n, c, h, 2), x.device())?;
-        let x = Tensor::cat(&[&side, x, &side], 3)?;
-        let top = Tensor::full(f32::NEG_INFINITY, (n, c, 2, w + 4), x.device())?;
-        let x = Tensor::cat(&[&top, &x, &top], 2)?;
-        x.max_pool2d_with_stride(5, 1)
+        max_pool_same(x, 5)
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -148,8 +146,7 @@ pub struct Detect {
     boxes: Vec<HeadBranch>,
     scores: Vec<HeadBranch>,
     /// DFL projection (reg_max values, 0..reg_max-1 in every checkpoint).
-    proj: Tensor,
-    reg_max: usize,
+    proj: Vec<f32>,
     pub num_classes: usize,
 }
 
@@ -157,8 +154,8 @@ impl Detect {
     pub fn load(vb: &Weights, eps: f64) -> Result<Self> {
         let boxes = (0..3).map(|i| HeadBranch::load(&vb.pp(format!("cv2.{i}")), eps)).collect::<Result<Vec<_>>>()?;
         let scores = (0..3).map(|i| HeadBranch::load(&vb.pp(format!("cv3.{i}")), eps)).collect::<Result<Vec<_>>>()?;
-        let proj = vb.get_rank("dfl.conv.weight", 4)?.flatten_all()?;
-        let reg_max = proj.dims()[0];
+        let proj = vb.get_rank("dfl.conv.weight", 4)?.flatten_all()?.to_vec1::<f32>()?;
+        let reg_max = proj.len();
         if boxes[0].pred.out_channels != 4 * reg_max {
             return Err(ModelError::BadMetadata(format!(
                 "box head gives {} channels, DFL expects {}",
@@ -167,45 +164,18 @@ impl Detect {
             )));
         }
         let num_classes = scores[0].pred.out_channels;
-        Ok(Detect { boxes, scores, proj, reg_max, num_classes })
+        Ok(Detect { boxes, scores, proj, num_classes })
     }
 
     /// Feature maps -> (N, 4 + classes, anchors): xywh in input pixels, then class probabilities.
     pub fn forward(&self, feats: &[Tensor; 3]) -> candle_core::Result<Tensor> {
-        let n = feats[0].dim(0)?;
-        let mut box_parts = Vec::new();
-        let mut cls_parts = Vec::new();
-        let mut anchors = Vec::new();
-        let mut strides = Vec::new();
+        let mut heads = Vec::with_capacity(3);
         for (i, f) in feats.iter().enumerate() {
-            let (_, _, h, w) = f.dims4()?;
-            box_parts.push(self.boxes[i].forward(f)?.flatten_from(2)?);
-            cls_parts.push(self.scores[i].forward(f)?.flatten_from(2)?);
-            for y in 0..h {
-                for x in 0..w {
-                    anchors.push((x as f32 + 0.5, y as f32 + 0.5));
-                }
-            }
-            strides.extend(std::iter::repeat_n(STRIDES[i] as f32, h * w));
+            heads.push((self.boxes[i].forward(f)?, self.scores[i].forward(f)?));
         }
-        let total = anchors.len();
-        let dev = feats[0].device();
-        let box_raw = Tensor::cat(&box_parts, 2)?; // (N, 4*reg, A)
-        let cls = candle_nn::ops::sigmoid(&Tensor::cat(&cls_parts, 2)?)?;
-        // DFL: softmax over the reg_max bins of each side, expectation with proj.
-        let dist = candle_nn::ops::softmax(&box_raw.reshape((n, 4, self.reg_max, total))?, 2)?;
-        let dist = dist.broadcast_mul(&self.proj.reshape((1, 1, self.reg_max, 1))?)?.sum(2)?; // (N, 4, A)
-        let ax: Vec<f32> = anchors.iter().map(|a| a.0).chain(anchors.iter().map(|a| a.1)).collect();
-        let anchor = Tensor::from_vec(ax, (1, 2, total), dev)?;
-        let stride = Tensor::from_vec(strides, (1, 1, total), dev)?;
-        let lt = dist.narrow(1, 0, 2)?;
-        let rb = dist.narrow(1, 2, 2)?;
-        let x1y1 = anchor.broadcast_sub(&lt)?;
-        let x2y2 = anchor.broadcast_add(&rb)?;
-        let cxy = ((&x1y1 + &x2y2)? / 2.0)?;
-        let wh = (x2y2 - x1y1)?;
-        let dbox = Tensor::cat(&[cxy, wh], 1)?.broadcast_mul(&stride)?;
-        Tensor::cat(&[dbox, cls], 1)
+        let levels: Vec<dfl::Level> =
+            heads.iter().zip(STRIDES).map(|((boxes, scores), s)| dfl::Level { boxes, scores, stride: s as f32 }).collect();
+        dfl::decode(&levels, &self.proj)
     }
 }
 
@@ -273,10 +243,7 @@ impl YoloV8 {
         let p3 = self.b4.forward(&x)?;
         let p4 = self.b6.forward(&self.b5.forward(&p3)?)?;
         let p5 = self.b9.forward(&self.b8.forward(&self.b7.forward(&p4)?)?)?;
-        let up = |t: &Tensor| -> candle_core::Result<Tensor> {
-            let (_, _, h, w) = t.dims4()?;
-            t.upsample_nearest2d(h * 2, w * 2)
-        };
+        let up = |t: &Tensor| upsample_nearest(t, 2);
         let h12 = self.h12.forward_parts(&[&up(&p5)?, &p4])?;
         let o3 = self.h15.forward_parts(&[&up(&h12)?, &p3])?;
         let o4 = self.h18.forward_parts(&[&self.h16.forward(&o3)?, &h12])?;
