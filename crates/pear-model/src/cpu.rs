@@ -79,7 +79,7 @@ pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
 /// one dependent add per value (the adds' latency, not their throughput,
 /// sets the pace: 18 ms of squeeze-excite means per b3 forward), and the
 /// compiler may not reorder float adds itself.
-fn sum(v: &[f32]) -> f32 {
+pub(crate) fn sum(v: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let mut chunks = v.chunks_exact(16);
     for c in &mut chunks {

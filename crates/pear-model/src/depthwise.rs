@@ -10,9 +10,10 @@
 //! compiled per SIMD level and chosen at run time.
 
 use super::activation::silu_inplace;
+use super::cpu::{cpu_f32, sum};
 use super::split_rows::{split_bases, split_row};
 use crate::simd::{per_level, Simd};
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -62,7 +63,57 @@ impl DepthwiseConv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op1_no_bwd(self)
+        Ok(self.run(x, false)?.0)
+    }
+
+    /// The output and each of its planes' mean (N, C): squeeze-excite's
+    /// input, summed while each plane is still in cache instead of read
+    /// back from memory afterwards.
+    pub fn forward_and_means(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (y, means) = self.run(x, true)?;
+        let (n, c, ..) = y.dims4()?;
+        Ok((y, Tensor::from_vec(means, (n, c), x.device())?))
+    }
+
+    /// The output, and its planes' means when asked (else empty).
+    fn run(&self, x: &Tensor, means: bool) -> candle_core::Result<(Tensor, Vec<f32>)> {
+        let (n, c, h, w) = x.dims4()?;
+        if c != self.channels {
+            candle_core::bail!("depthwise conv expects {} channels, got {c}", self.channels);
+        }
+        if h + 2 * self.pad < self.k || w + 2 * self.pad < self.k {
+            candle_core::bail!("depthwise conv input {h}x{w} smaller than its kernel");
+        }
+        let x = x.contiguous()?;
+        let view = cpu_f32(&x)?;
+        let src = view.slice();
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let bases = split_bases(self.k, self.stride, w + 2 * self.pad);
+        // Not zeroed: every plane is written whole before anything reads it.
+        let len = n * c * oh * ow;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        // At least ~16k outputs per task: small planes are not worth a task each.
+        let min_planes = (16384 / (oh * ow).max(1)).max(1);
+        let plane_means: Vec<f32> = out.spare_capacity_mut()[..len]
+            .par_chunks_mut((oh * ow).max(1))
+            .enumerate()
+            .with_min_len(min_planes)
+            .map(|(i, o)| {
+                self.plane(i % c, &src[i * h * w..(i + 1) * h * w], h, w, &bases, o, oh, ow);
+                // SAFETY: `plane` wrote every element of `o`.
+                let o = unsafe { &*(o as *const [MaybeUninit<f32>] as *const [f32]) };
+                if means {
+                    sum(o) / o.len() as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        drop(view);
+        // SAFETY: the planes above cover all `len` elements, each written whole.
+        unsafe { out.set_len(len) };
+        let y = Tensor::from_vec(out, (n, c, oh, ow), x.device())?;
+        Ok((y, if means { plane_means } else { Vec::new() }))
     }
 
     /// Convolves one channel plane into `out` (oh*ow), bias included.
@@ -160,42 +211,6 @@ fn block<const W: usize>(orow: &mut [MaybeUninit<f32>], mut ox: usize, rows: &[(
     ox
 }
 
-impl CustomOp1 for DepthwiseConv2d {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = layout.shape().dims4()?;
-        if c != self.channels {
-            candle_core::bail!("depthwise conv expects {} channels, got {c}", self.channels);
-        }
-        let src = match storage {
-            CpuStorage::F32(v) => v.as_slice(),
-            _ => candle_core::bail!("depthwise conv supports f32 only"),
-        };
-        let (start, end) =
-            layout.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("depthwise conv needs a contiguous input".into()))?;
-        let src = &src[start..end];
-        if h + 2 * self.pad < self.k || w + 2 * self.pad < self.k {
-            candle_core::bail!("depthwise conv input {h}x{w} smaller than its kernel");
-        }
-        let (oh, ow) = (self.out_size(h), self.out_size(w));
-        let bases = split_bases(self.k, self.stride, w + 2 * self.pad);
-        // Not zeroed: every plane is written whole before anything reads it.
-        let len = n * c * oh * ow;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        // At least ~16k outputs per task: small planes are not worth a task each.
-        let min_planes = (16384 / (oh * ow).max(1)).max(1);
-        out.spare_capacity_mut()[..len].par_chunks_mut(oh * ow).enumerate().with_min_len(min_planes).for_each(|(i, o)| {
-            self.plane(i % c, &src[i * h * w..(i + 1) * h * w], h, w, &bases, o, oh, ow);
-        });
-        // SAFETY: the planes above cover all `len` elements, each written whole.
-        unsafe { out.set_len(len) };
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,8 +247,13 @@ mod tests {
                 if silu {
                     theirs = candle_nn::ops::silu(&theirs)?;
                 }
-                let diff = (ours - theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let diff = (&ours - &theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
                 assert!(diff < 1e-4, "{simd} k{k} s{s} {h}x{w} silu {silu}: {diff}");
+                let (with_means, means) = DepthwiseConv2d::new(&wt, &b, s, k / 2, silu)?.at_level(simd).forward_and_means(&x)?;
+                assert_eq!((with_means - &ours)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?, 0.0);
+                let want = theirs.flatten_from(2)?.mean(candle_core::D::Minus1)?;
+                let diff = (means - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(diff < 1e-5, "{simd} k{k} s{s} {h}x{w} silu {silu}: means differ by {diff}");
             }
         }
         Ok(())

@@ -27,11 +27,11 @@ impl SqueezeExcite {
         Ok(SqueezeExcite { reduce: Linear::load(&vb.pp("conv_reduce"))?, expand: Linear::load(&vb.pp("conv_expand"))? })
     }
 
-    /// Per-channel gates (N, C) for `x`; the next convolution applies them
-    /// (`Conv::forward_with`), so the gated activation is never materialised.
-    pub fn gate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let s = global_avg_pool(x)?;
-        let s = candle_nn::ops::silu(&self.reduce.forward(&s)?)?;
+    /// Per-channel gates (N, C) from the activation's channel means (N, C);
+    /// the next convolution applies them (`Conv::forward_with`), so the
+    /// gated activation is never materialised.
+    pub fn gate(&self, means: &Tensor) -> candle_core::Result<Tensor> {
+        let s = candle_nn::ops::silu(&self.reduce.forward(means)?)?;
         candle_nn::ops::sigmoid(&self.expand.forward(&s)?)
     }
 }
@@ -63,15 +63,25 @@ impl Block {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Block::DepthwiseSeparable { conv_dw, se, conv_pw, skip } => {
-                let y = conv_dw.forward(x)?;
-                let gate = se.as_ref().map(|se| se.gate(&y)).transpose()?;
+                let (y, gate) = Self::gated(conv_dw, se.as_ref(), x)?;
                 conv_pw.forward_with(&[&y], gate.as_ref(), skip.then_some(x))
             }
             Block::InvertedResidual { conv_pw, conv_dw, se, conv_pwl, skip } => {
-                let y = conv_dw.forward(&conv_pw.forward(x)?)?;
-                let gate = se.as_ref().map(|se| se.gate(&y)).transpose()?;
+                let (y, gate) = Self::gated(conv_dw, se.as_ref(), &conv_pw.forward(x)?)?;
                 conv_pwl.forward_with(&[&y], gate.as_ref(), skip.then_some(x))
             }
+        }
+    }
+
+    /// The depthwise convolution and, with squeeze-excite, its gates (the
+    /// channel means come out of the convolution itself).
+    fn gated(conv_dw: &Conv, se: Option<&SqueezeExcite>, x: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        match se {
+            Some(se) => {
+                let (y, means) = conv_dw.forward_and_means(x)?;
+                Ok((y, Some(se.gate(&means)?)))
+            }
+            None => Ok((conv_dw.forward(x)?, None)),
         }
     }
 }

@@ -101,6 +101,18 @@ impl Conv {
             Kind::Depthwise(op) => op.forward(x),
         }
     }
+
+    /// The output and its planes' means (N, C), as squeeze-excite needs.
+    pub fn forward_and_means(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        match &self.kind {
+            Kind::Depthwise(op) => op.forward_and_means(x),
+            Kind::Gemm(op) => {
+                let y = op.forward(x)?;
+                let means = global_avg_pool(&y)?;
+                Ok((y, means))
+            }
+        }
+    }
 }
 
 /// Fully connected layer `y = x W^T + b` for (N, in) inputs.
