@@ -1,13 +1,11 @@
-//! SiLU over a slice, with an `exp` the compiler can vectorise.
+//! The scalar `exp` and SiLU the kernels' vector code mirrors (for the tails
+//! the vector loops leave), with an `exp` the compiler can vectorise.
 //!
 //! libm's `expf` is a call per element: in efficientnet_b3 at 512x740 it was
 //! 15 % of the forward pass. This is Cephes' single-precision exp (range
 //! reduction by ln 2, degree-5 minimax polynomial), written without branches
 //! so each loop compiles to SIMD; it stays within 2 ulp of `f32::exp` over
 //! the whole range (unit test below), far below the 1e-3 parity limits.
-
-use crate::sgemm::vector::{self, F32x};
-use crate::simd::Simd;
 
 pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split in two so `x - n ln2` keeps its low bits.
@@ -45,32 +43,35 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
-/// x * sigmoid(x), in place, at the given SIMD level: vector exp and the
-/// reciprocal's estimate, no division in the loop.
-pub fn silu_inplace(simd: Simd, v: &mut [f32]) {
-    crate::simd::at_level!(simd, (v: &mut [f32]),
-        avx512 => silu_lanes::<vector::Avx512>(v),
-        avx2 => silu_lanes::<vector::Avx2>(v),
-        portable => silu_lanes::<vector::Portable>(v),
-    )
-}
-
-/// # Safety
-/// The CPU runs `V`'s level.
-#[inline(always)]
-unsafe fn silu_lanes<V: F32x>(v: &mut [f32]) {
-    let mut chunks = v.chunks_exact_mut(V::LANES);
-    for c in &mut chunks {
-        vector::silu(V::load(c.as_ptr())).store(c.as_mut_ptr());
-    }
-    for x in chunks.into_remainder() {
-        *x = silu(*x);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sgemm::vector::{self, F32x};
+    use crate::simd::Simd;
+
+    /// x * sigmoid(x), in place, at the given SIMD level: vector exp and the
+    /// reciprocal's estimate, no division in the loop. The kernels apply
+    /// `vector::silu` as they store; this runs it alone, for the tests.
+    fn silu_inplace(simd: Simd, v: &mut [f32]) {
+        crate::simd::at_level!(simd, (v: &mut [f32]),
+            avx512 => silu_lanes::<vector::Avx512>(v),
+            avx2 => silu_lanes::<vector::Avx2>(v),
+            portable => silu_lanes::<vector::Portable>(v),
+        )
+    }
+
+    /// # Safety
+    /// The CPU runs `V`'s level.
+    #[inline(always)]
+    unsafe fn silu_lanes<V: F32x>(v: &mut [f32]) {
+        let mut chunks = v.chunks_exact_mut(V::LANES);
+        for c in &mut chunks {
+            vector::silu(V::load(c.as_ptr())).store(c.as_mut_ptr());
+        }
+        for x in chunks.into_remainder() {
+            *x = silu(*x);
+        }
+    }
 
     #[test]
     fn exp_within_two_ulp_of_libm() {

@@ -9,10 +9,11 @@
 //! a contiguous run; outputs accumulate in registers over all taps, in loops
 //! compiled per SIMD level and chosen at run time.
 
-use super::activation::silu_inplace;
+use super::activation;
 use super::cpu::{cpu_f32, sum};
 use super::split_rows::{split_bases, split_row};
-use crate::simd::{per_level, Simd};
+use crate::sgemm::vector::{self, F32x};
+use crate::simd::Simd;
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -129,12 +130,9 @@ impl DepthwiseConv2d {
             for (row, dst) in src.chunks_exact(w).zip(buf.chunks_exact_mut(wp)) {
                 split_row(row, p, s, dst);
             }
-            convolve_plane(self.simd, buf, wp, h, bases, wk, k, s, p, self.bias[ch], out, ow, oh);
+            let geometry = Plane { h, wp, bases, k, stride: s, pad: p, oh, ow };
+            convolve_plane(self.simd, &geometry, buf, wk, self.bias[ch], self.silu, out);
         });
-        if self.silu {
-            // SAFETY: convolve_plane wrote every element of the plane.
-            silu_inplace(self.simd, unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) });
-        }
     }
 }
 
@@ -143,72 +141,93 @@ thread_local! {
     static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-per_level! {
-/// The multiply-adds of one plane; compiled for each SIMD level and picked
-/// at run time. Output columns go in blocks of 16, 8 and 4 accumulated in
-/// registers over all taps (one store per output), the last few one by one.
+/// The multiply-adds of one plane at a SIMD level, bias and SiLU included.
 #[allow(clippy::too_many_arguments)]
-fn convolve_plane(
-    rows_in: &[f32],
-    wp: usize,
-    h: usize,
-    bases: &[usize],
-    wk: &[f32],
-    k: usize,
-    s: usize,
-    p: usize,
-    bias: f32,
-    out: &mut [MaybeUninit<f32>],
-    ow: usize,
-    oh: usize,
-) {
-    let mut rows: Vec<(&[f32], &[f32])> = Vec::with_capacity(k);
-    for oy in 0..oh {
-        rows.clear();
-        for ky in 0..k {
-            // Rows above and below the image are zero padding: skipped.
-            let iy = (oy * s + ky) as isize - p as isize;
-            if iy >= 0 && iy < h as isize {
-                rows.push((&wk[ky * k..(ky + 1) * k], &rows_in[iy as usize * wp..(iy as usize + 1) * wp]));
-            }
-        }
-        let orow = &mut out[oy * ow..(oy + 1) * ow];
-        let mut ox = block::<16>(orow, 0, &rows, bases, bias);
-        ox = block::<8>(orow, ox, &rows, bases, bias);
-        ox = block::<4>(orow, ox, &rows, bases, bias);
-        for (x, o) in orow.iter_mut().enumerate().skip(ox) {
-            let mut acc = bias;
-            for (wrow, irow) in &rows {
-                for (&b, &wv) in bases.iter().zip(wrow.iter()) {
-                    acc += wv * irow[b + x];
-                }
-            }
-            o.write(acc);
-        }
-    }
-}
+fn convolve_plane(simd: Simd, geometry: &Plane, rows_in: &[f32], wk: &[f32], bias: f32, silu: bool, out: &mut [MaybeUninit<f32>]) {
+    crate::simd::at_level!(simd, (geometry: &Plane, rows_in: &[f32], wk: &[f32], bias: f32, silu: bool, out: &mut [MaybeUninit<f32>]),
+        avx512 => convolve_lanes::<vector::Avx512>(geometry, rows_in, wk, bias, silu, out),
+        avx2 => convolve_lanes::<vector::Avx2>(geometry, rows_in, wk, bias, silu, out),
+        portable => convolve_lanes::<vector::Portable>(geometry, rows_in, wk, bias, silu, out),
+    )
 }
 
-/// Output columns from `ox` in blocks of `W` while whole blocks fit; returns
-/// where it stopped.
+/// One plane's shape: input rows (`h` of `wp` padded, phase-split values),
+/// where each kernel column starts in such a row, and the output.
+struct Plane<'a> {
+    h: usize,
+    wp: usize,
+    bases: &'a [usize],
+    k: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+/// Output rows in blocks of four vectors, then one vector, then one by one;
+/// each block accumulates all taps in registers with fused multiply-adds
+/// (four independent chains hide the FMA latency) and is stored once, SiLU
+/// applied on the way out.
+///
+/// # Safety
+/// The CPU runs `V`'s level.
 #[inline(always)]
-fn block<const W: usize>(orow: &mut [MaybeUninit<f32>], mut ox: usize, rows: &[(&[f32], &[f32])], bases: &[usize], bias: f32) -> usize {
-    while ox + W <= orow.len() {
-        let mut acc = [bias; W];
-        for (wrow, irow) in rows {
-            for (&b, &wv) in bases.iter().zip(wrow.iter()) {
-                let inp: &[f32; W] = irow[b + ox..b + ox + W].try_into().expect("W columns");
-                for j in 0..W {
-                    acc[j] += wv * inp[j];
-                }
+unsafe fn convolve_lanes<V: F32x>(g: &Plane, rows_in: &[f32], wk: &[f32], bias: f32, silu: bool, out: &mut [MaybeUninit<f32>]) {
+    let (k, l) = (g.k, V::LANES);
+    assert!(rows_in.len() >= g.h * g.wp && wk.len() >= k * k && out.len() >= g.oh * g.ow && g.bases.len() >= k);
+    // Every tap of every output column lies inside its row.
+    assert!(g.bases[..k].iter().all(|&b| b + g.ow <= g.wp));
+    let mut taps: Vec<(*const f32, *const f32)> = Vec::with_capacity(k);
+    let store = |acc: V, dst: *mut f32| if silu { vector::silu(acc).store(dst) } else { acc.store(dst) };
+    for oy in 0..g.oh {
+        taps.clear();
+        for ky in 0..k {
+            // Rows above and below the image are zero padding: skipped.
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            if iy >= 0 && iy < g.h as isize {
+                taps.push((wk[ky * k..].as_ptr(), rows_in[iy as usize * g.wp..].as_ptr()));
             }
         }
-        for (o, v) in orow[ox..ox + W].iter_mut().zip(acc) {
-            o.write(v);
+        let orow = out[oy * g.ow..(oy + 1) * g.ow].as_mut_ptr() as *mut f32;
+        let mut ox = 0;
+        // SAFETY (all loads and stores below): the asserts above keep every
+        // tap's run of `ow` values inside its row and `orow` holds `ow` values.
+        while ox + 4 * l <= g.ow {
+            let mut acc = [V::splat(bias); 4];
+            for &(wrow, irow) in &taps {
+                for kx in 0..k {
+                    let wv = V::splat(*wrow.add(kx));
+                    let at = irow.add(g.bases[kx] + ox);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = V::load(at.add(j * l)).mul_add(wv, *a);
+                    }
+                }
+            }
+            for (j, a) in acc.into_iter().enumerate() {
+                store(a, orow.add(ox + j * l));
+            }
+            ox += 4 * l;
         }
-        ox += W;
+        while ox + l <= g.ow {
+            let mut acc = V::splat(bias);
+            for &(wrow, irow) in &taps {
+                for kx in 0..k {
+                    acc = V::load(irow.add(g.bases[kx] + ox)).mul_add(V::splat(*wrow.add(kx)), acc);
+                }
+            }
+            store(acc, orow.add(ox));
+            ox += l;
+        }
+        for x in ox..g.ow {
+            let mut acc = bias;
+            for &(wrow, irow) in &taps {
+                for kx in 0..k {
+                    acc = (*irow.add(g.bases[kx] + x)).mul_add(*wrow.add(kx), acc);
+                }
+            }
+            *orow.add(x) = if silu { activation::silu(acc) } else { acc };
+        }
     }
-    ox
 }
 
 #[cfg(test)]

@@ -138,23 +138,6 @@ macro_rules! at_level {
 }
 pub(crate) use at_level;
 
-/// Defines `$name(level, args) -> ret` that runs `$body` compiled for that
-/// level: one body, auto-vectorised per level (`at_level`), and checked as
-/// safe code.
-macro_rules! per_level {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
-        $(#[$m])*
-        $vis fn $name(level: $crate::simd::Simd, $($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
-            fn body($($arg: $ty),*) $(-> $ret)? $body
-            $crate::simd::at_level!(level, ($($arg: $ty),*) $(-> $ret)?,
-                avx512 => body($($arg),*), avx2 => body($($arg),*), portable => body($($arg),*))
-        }
-    };
-}
-pub(crate) use per_level;
-
 #[cfg(test)]
 mod tests {
     use super::*;

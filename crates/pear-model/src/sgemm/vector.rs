@@ -1,7 +1,7 @@
 //! One SIMD register of f32 lanes, per level, and the vector exp and SiLU
 //! built on it. The GEMM's tile and the activations are written once,
 //! generic over `F32x`; each level's instantiation runs inside a function
-//! compiled for that level (`simd::per_level`, `sgemm::gemm`), where these
+//! compiled for that level (`simd::at_level`), where these
 //! `#[inline(always)]` wrappers become single instructions.
 
 use crate::activation::{LN2_HI, LN2_LO, LOG2E, ROUND};
