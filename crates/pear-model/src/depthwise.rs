@@ -9,7 +9,6 @@
 //! a contiguous run; outputs accumulate in registers over all taps, in loops
 //! compiled per SIMD level and chosen at run time.
 
-use super::activation;
 use super::cpu::{cpu_f32, sum};
 use super::split_rows::{split_bases, split_row};
 use crate::sgemm::vector::{self, F32x};
@@ -126,7 +125,7 @@ impl DepthwiseConv2d {
         // Rows zero-padded left and right (so every tap is inside its row) and,
         // for stride s, split into s phases (so every tap is a contiguous run).
         ROWS.with_borrow_mut(|buf| {
-            buf.resize(h * wp, 0.0);
+            buf.resize(h * wp + MAX_LANES, 0.0);
             for (row, dst) in src.chunks_exact(w).zip(buf.chunks_exact_mut(wp)) {
                 split_row(row, p, s, dst);
             }
@@ -164,7 +163,11 @@ struct Plane<'a> {
     ow: usize,
 }
 
-/// Output rows in blocks of four vectors, then one vector, then one by one;
+/// The widest vector of any level (AVX-512), in floats: the zero slack
+/// after the input rows, so the last partial vector of a row may load whole.
+const MAX_LANES: usize = 16;
+
+/// Output rows in blocks of four vectors, then one vector, then a partial one;
 /// each block accumulates all taps in registers with fused multiply-adds
 /// (four independent chains hide the FMA latency) and is stored once, SiLU
 /// applied on the way out.
@@ -174,7 +177,7 @@ struct Plane<'a> {
 #[inline(always)]
 unsafe fn convolve_lanes<V: F32x>(g: &Plane, rows_in: &[f32], wk: &[f32], bias: f32, silu: bool, out: &mut [MaybeUninit<f32>]) {
     let (k, l) = (g.k, V::LANES);
-    assert!(rows_in.len() >= g.h * g.wp && wk.len() >= k * k && out.len() >= g.oh * g.ow && g.bases.len() >= k);
+    assert!(l <= MAX_LANES && rows_in.len() >= g.h * g.wp + l && wk.len() >= k * k && out.len() >= g.oh * g.ow && g.bases.len() >= k);
     // Every tap of every output column lies inside its row.
     assert!(g.bases[..k].iter().all(|&b| b + g.ow <= g.wp));
     let mut taps: Vec<(*const f32, *const f32)> = Vec::with_capacity(k);
@@ -218,14 +221,20 @@ unsafe fn convolve_lanes<V: F32x>(g: &Plane, rows_in: &[f32], wk: &[f32], bias: 
             store(acc, orow.add(ox));
             ox += l;
         }
-        for x in ox..g.ow {
-            let mut acc = bias;
+        if ox < g.ow {
+            // The last few columns as one more vector (the rows' slack keeps
+            // its loads inside the buffer), of which only they are kept:
+            // narrow planes (7 and 14 wide in a small classifier) would
+            // otherwise run mostly one value at a time.
+            let mut acc = V::splat(bias);
             for &(wrow, irow) in &taps {
                 for kx in 0..k {
-                    acc = (*irow.add(g.bases[kx] + x)).mul_add(*wrow.add(kx), acc);
+                    acc = V::load(irow.add(g.bases[kx] + ox)).mul_add(V::splat(*wrow.add(kx)), acc);
                 }
             }
-            *orow.add(x) = if silu { activation::silu(acc) } else { acc };
+            let mut last = [0f32; MAX_LANES];
+            store(acc, last.as_mut_ptr());
+            std::ptr::copy_nonoverlapping(last.as_ptr(), orow.add(ox), g.ow - ox);
         }
     }
 }
