@@ -265,14 +265,23 @@ pub struct Pool {
 impl Pool {
     /// `workers` threads, each running its jobs' kernels on a rayon pool of
     /// its own with `threads` threads (the worker's thread is one of them),
-    /// so workers never compete for one shared pool.
+    /// so workers never compete for one shared pool. Returns once every one
+    /// of those threads runs (named, its scheduling set): a server that
+    /// listens has its workers up, not merely spawned.
     pub fn new(opts: PoolOptions) -> std::io::Result<Pool> {
         let queue = Arc::new(FairQueue::new(opts.capacity, opts.per_connection));
         let service = Arc::new(ServiceTime::default());
         let mut handles = Vec::with_capacity(opts.workers);
+        let (up, started) = crossbeam_channel::bounded::<()>(opts.workers);
         for i in 0..opts.workers {
             let (queue, opts, service) = (queue.clone(), opts.clone(), service.clone());
             let scheduling = opts.scheduling;
+            let up = up.clone();
+            // Sends and lets go of the sender, so that a worker dying before
+            // it starts ends the wait below instead of holding it open.
+            let report_started = move || {
+                let _ = up.send(());
+            };
             handles.push(std::thread::Builder::new().name(format!("infer-{i}")).spawn(move || {
                 yield_to_connections(scheduling);
                 let threads = opts.threads.max(1);
@@ -290,13 +299,24 @@ impl Pool {
                     .start_handler(move |_| yield_to_connections(scheduling))
                     .build();
                 match own {
-                    Ok(pool) => pool.install(serve),
+                    Ok(pool) => {
+                        // Runs on every thread of the pool once each has started.
+                        pool.broadcast(|_| ());
+                        report_started();
+                        pool.install(serve)
+                    }
                     Err(e) => {
                         log::error!("worker {i}: cannot start its {threads} threads ({e}); running on the shared pool");
+                        report_started();
                         serve()
                     }
                 }
             })?);
+        }
+        drop(up);
+        for _ in 0..opts.workers {
+            // Err: every worker has gone, some without starting.
+            started.recv().map_err(|_| std::io::Error::other("an inference worker stopped before it started"))?;
         }
         Ok(Pool {
             queue,
