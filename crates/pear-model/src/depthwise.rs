@@ -122,14 +122,20 @@ impl DepthwiseConv2d {
         let (k, s, p) = (self.k, self.stride, self.pad);
         let wk = &self.weight[ch * k * k..(ch + 1) * k * k];
         let wp = w + 2 * p;
-        // Rows zero-padded left and right (so every tap is inside its row) and,
-        // for stride s, split into s phases (so every tap is a contiguous run).
+        let hp = h + 2 * p;
+        // Rows zero-padded on all four sides (so every tap of every output
+        // lies inside the buffer, and all outputs share one list of tap
+        // offsets) and, for stride s, split into s phases (so every tap is a
+        // contiguous run). The buffer is reused: its padding rows and slack
+        // are cleared each time.
         ROWS.with_borrow_mut(|buf| {
-            buf.resize(h * wp + MAX_LANES, 0.0);
-            for (row, dst) in src.chunks_exact(w).zip(buf.chunks_exact_mut(wp)) {
+            buf.resize(hp * wp + MAX_LANES, 0.0);
+            buf[..p * wp].fill(0.0);
+            buf[(p + h) * wp..].fill(0.0);
+            for (row, dst) in src.chunks_exact(w).zip(buf[p * wp..].chunks_exact_mut(wp)) {
                 split_row(row, p, s, dst);
             }
-            let geometry = Plane { h, wp, bases, k, stride: s, pad: p, oh, ow };
+            let geometry = Plane { rows: hp, wp, bases, k, stride: s, oh, ow };
             convolve_plane(self.simd, &geometry, buf, wk, self.bias[ch], self.silu, out);
         });
     }
@@ -150,15 +156,15 @@ fn convolve_plane(simd: Simd, geometry: &Plane, rows_in: &[f32], wk: &[f32], bia
     )
 }
 
-/// One plane's shape: input rows (`h` of `wp` padded, phase-split values),
-/// where each kernel column starts in such a row, and the output.
+/// One plane's shape: input rows (`rows` of `wp` padded, phase-split
+/// values, padding rows included), where each kernel column starts in such
+/// a row, and the output.
 struct Plane<'a> {
-    h: usize,
+    rows: usize,
     wp: usize,
     bases: &'a [usize],
     k: usize,
     stride: usize,
-    pad: usize,
     oh: usize,
     ow: usize,
 }
@@ -167,74 +173,95 @@ struct Plane<'a> {
 /// after the input rows, so the last partial vector of a row may load whole.
 const MAX_LANES: usize = 16;
 
-/// Output rows in blocks of four vectors, then one vector, then a partial one;
-/// each block accumulates all taps in registers with fused multiply-adds
-/// (four independent chains hide the FMA latency) and is stored once, SiLU
-/// applied on the way out.
+/// Output vectors accumulated side by side: eight independent FMA chains
+/// keep both FMA units busy through their latency (four left half of it
+/// idle), within AVX2's sixteen registers.
+const CHAINS: usize = 8;
+
+/// One output vector: where its taps start in the input rows, where it goes,
+/// and how many of its lanes are kept (a plane narrower than a vector).
+#[derive(Clone, Copy)]
+struct Spot {
+    input: *const f32,
+    output: *mut f32,
+    keep: usize,
+}
+
+/// The plane's output vectors in groups of [`CHAINS`], taken across rows so
+/// that narrow planes (24 or 47 wide, two to six vectors a row) fill every
+/// chain too; each group accumulates all k*k taps in registers and is stored
+/// once, SiLU applied on the way out. A row whose width is not a multiple of
+/// the vector ends with a vector that overlaps the one before it (the shared
+/// columns get the same values twice), so only planes narrower than one
+/// vector store partially.
 ///
 /// # Safety
 /// The CPU runs `V`'s level.
 #[inline(always)]
 unsafe fn convolve_lanes<V: F32x>(g: &Plane, rows_in: &[f32], wk: &[f32], bias: f32, silu: bool, out: &mut [MaybeUninit<f32>]) {
     let (k, l) = (g.k, V::LANES);
-    assert!(l <= MAX_LANES && rows_in.len() >= g.h * g.wp + l && wk.len() >= k * k && out.len() >= g.oh * g.ow && g.bases.len() >= k);
-    // Every tap of every output column lies inside its row.
+    assert!(l <= MAX_LANES && g.oh > 0 && g.ow > 0 && wk.len() >= k * k && out.len() >= g.oh * g.ow && g.bases.len() >= k);
+    // Every tap of every output row lies inside the padded rows, and every
+    // vector load (at most `l` values from a tap's first column) inside the
+    // buffer with its slack.
+    assert!((g.oh - 1) * g.stride + k <= g.rows && rows_in.len() >= g.rows * g.wp + l);
     assert!(g.bases[..k].iter().all(|&b| b + g.ow <= g.wp));
-    let mut taps: Vec<(*const f32, *const f32)> = Vec::with_capacity(k);
-    let store = |acc: V, dst: *mut f32| if silu { vector::silu(acc).store(dst) } else { acc.store(dst) };
+    let taps: Vec<(usize, f32)> = (0..k * k).map(|t| ((t / k) * g.wp + g.bases[t % k], wk[t])).collect();
+    let mut spots = [Spot { input: rows_in.as_ptr(), output: std::ptr::null_mut(), keep: 0 }; CHAINS];
+    let mut n = 0;
+    let base = out.as_mut_ptr() as *mut f32;
     for oy in 0..g.oh {
-        taps.clear();
-        for ky in 0..k {
-            // Rows above and below the image are zero padding: skipped.
-            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-            if iy >= 0 && iy < g.h as isize {
-                taps.push((wk[ky * k..].as_ptr(), rows_in[iy as usize * g.wp..].as_ptr()));
-            }
-        }
-        let orow = out[oy * g.ow..(oy + 1) * g.ow].as_mut_ptr() as *mut f32;
+        let input = rows_in[oy * g.stride * g.wp..].as_ptr();
+        let output = base.add(oy * g.ow);
         let mut ox = 0;
-        // SAFETY (all loads and stores below): the asserts above keep every
-        // tap's run of `ow` values inside its row and `orow` holds `ow` values.
-        while ox + 4 * l <= g.ow {
-            let mut acc = [V::splat(bias); 4];
-            for &(wrow, irow) in &taps {
-                for kx in 0..k {
-                    let wv = V::splat(*wrow.add(kx));
-                    let at = irow.add(g.bases[kx] + ox);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = V::load(at.add(j * l)).mul_add(wv, *a);
-                    }
-                }
+        loop {
+            let keep = l.min(g.ow);
+            // The last vector of a row ends at the row's end.
+            let at = if ox + l > g.ow { g.ow.saturating_sub(l) } else { ox };
+            spots[n] = Spot { input: input.add(at), output: output.add(at), keep };
+            n += 1;
+            if n == CHAINS {
+                accumulate::<V, CHAINS>(&spots, &taps, bias, silu);
+                n = 0;
             }
-            for (j, a) in acc.into_iter().enumerate() {
-                store(a, orow.add(ox + j * l));
+            ox = at + l;
+            if ox >= g.ow {
+                break;
             }
-            ox += 4 * l;
         }
-        while ox + l <= g.ow {
-            let mut acc = V::splat(bias);
-            for &(wrow, irow) in &taps {
-                for kx in 0..k {
-                    acc = V::load(irow.add(g.bases[kx] + ox)).mul_add(V::splat(*wrow.add(kx)), acc);
-                }
-            }
-            store(acc, orow.add(ox));
-            ox += l;
+    }
+    let mut rest = &spots[..n];
+    if rest.len() >= CHAINS / 2 {
+        accumulate::<V, { CHAINS / 2 }>(rest, &taps, bias, silu);
+        rest = &rest[CHAINS / 2..];
+    }
+    for spot in rest {
+        accumulate::<V, 1>(std::slice::from_ref(spot), &taps, bias, silu);
+    }
+}
+
+/// `N` output vectors over all taps, stored.
+///
+/// # Safety
+/// The CPU runs `V`'s level; every spot's input is valid for a vector at
+/// each tap offset and its output for `keep` values.
+#[inline(always)]
+unsafe fn accumulate<V: F32x, const N: usize>(spots: &[Spot], taps: &[(usize, f32)], bias: f32, silu: bool) {
+    let mut acc = [V::splat(bias); N];
+    for &(offset, weight) in taps {
+        let wv = V::splat(weight);
+        for (a, spot) in acc.iter_mut().zip(spots) {
+            *a = V::load(spot.input.add(offset)).mul_add(wv, *a);
         }
-        if ox < g.ow {
-            // The last few columns as one more vector (the rows' slack keeps
-            // its loads inside the buffer), of which only they are kept:
-            // narrow planes (7 and 14 wide in a small classifier) would
-            // otherwise run mostly one value at a time.
-            let mut acc = V::splat(bias);
-            for &(wrow, irow) in &taps {
-                for kx in 0..k {
-                    acc = V::load(irow.add(g.bases[kx] + ox)).mul_add(V::splat(*wrow.add(kx)), acc);
-                }
-            }
+    }
+    for (a, spot) in acc.into_iter().zip(spots) {
+        let a = if silu { vector::silu(a) } else { a };
+        if spot.keep == V::LANES {
+            a.store(spot.output);
+        } else {
             let mut last = [0f32; MAX_LANES];
-            store(acc, last.as_mut_ptr());
-            std::ptr::copy_nonoverlapping(last.as_ptr(), orow.add(ox), g.ow - ox);
+            a.store(last.as_mut_ptr());
+            std::ptr::copy_nonoverlapping(last.as_ptr(), spot.output, spot.keep);
         }
     }
 }
@@ -262,6 +289,12 @@ mod tests {
             (5, 2, 30, 75),
             (3, 2, 33, 64),
             (5, 1, 9, 24),
+            (5, 1, 16, 24),
+            (5, 2, 47, 32),
+            (3, 1, 4, 17),
+            (3, 2, 7, 7),
+            (5, 1, 7, 14),
+            (3, 1, 13, 33),
         ];
         for &(k, s, h, w) in &cases {
             let c = 6;
