@@ -11,7 +11,9 @@
 //! the share of images in which a pear was found (so the classifier ran),
 //! and the process's peak RSS. Defaults: the shipped model on samples/.
 //! PEAR_BENCH_WORKERS / PEAR_BENCH_THREADS set the thread budget (unset: the
-//! server's defaults); PEAR_BENCH_CLIENTS picks the client counts ("1,4").
+//! server's defaults), PEAR_BENCH_SCHEDULING the inference threads'
+//! `scheduling` ("idle", "nice", "normal"); PEAR_BENCH_CLIENTS picks the
+//! client counts ("1,4").
 //! Make the bundle with the original's model shapes, and its frames, with
 //! tools/make_bench_bundle.py.
 
@@ -45,11 +47,12 @@ fn start() -> (SocketAddr, Vec<String>) {
     assert!(!names.is_empty(), "no .jpg/.png in {}", images.display());
     let opt = |key: &str, name: &str| std::env::var(key).map(|v| format!("{name} = {v}\n")).unwrap_or_default();
     let toml = format!(
-        "[server]\nhost = \"127.0.0.1\"\nport = 0\n[inference]\n{}{}queue_capacity = 256\n\
+        "[server]\nhost = \"127.0.0.1\"\nport = 0\n[inference]\n{}{}{}queue_capacity = 256\n\
          [model]\ndir = {:?}\ndefault = {:?}\nconfidence_threshold = 0.5\n\
          [images]\ndir = {:?}\n[protocol]\nextended_results = true\n",
         opt("PEAR_BENCH_WORKERS", "workers"),
         opt("PEAR_BENCH_THREADS", "threads_per_worker"),
+        std::env::var("PEAR_BENCH_SCHEDULING").map(|v| format!("scheduling = {v:?}\n")).unwrap_or_default(),
         bundle.parent().expect("bundle folder"),
         bundle.file_name().expect("bundle name").to_string_lossy(),
         images,
