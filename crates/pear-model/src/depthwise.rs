@@ -178,13 +178,11 @@ const MAX_LANES: usize = 16;
 /// idle), within AVX2's sixteen registers.
 const CHAINS: usize = 8;
 
-/// One output vector: where its taps start in the input rows, where it goes,
-/// and how many of its lanes are kept (a plane narrower than a vector).
+/// One output vector: where its taps start in the input rows, and where it goes.
 #[derive(Clone, Copy)]
 struct Spot {
     input: *const f32,
     output: *mut f32,
-    keep: usize,
 }
 
 /// The plane's output vectors in groups of [`CHAINS`], taken across rows so
@@ -207,7 +205,9 @@ unsafe fn convolve_lanes<V: F32x>(g: &Plane, rows_in: &[f32], wk: &[f32], bias: 
     assert!((g.oh - 1) * g.stride + k <= g.rows && rows_in.len() >= g.rows * g.wp + l);
     assert!(g.bases[..k].iter().all(|&b| b + g.ow <= g.wp));
     let taps: Vec<(usize, f32)> = (0..k * k).map(|t| ((t / k) * g.wp + g.bases[t % k], wk[t])).collect();
-    let mut spots = [Spot { input: rows_in.as_ptr(), output: std::ptr::null_mut(), keep: 0 }; CHAINS];
+    let mut spots = [Spot { input: rows_in.as_ptr(), output: std::ptr::null_mut() }; CHAINS];
+    // Lanes of each vector stored: all, but for a plane narrower than one.
+    let keep = l.min(g.ow);
     let mut n = 0;
     let base = out.as_mut_ptr() as *mut f32;
     for oy in 0..g.oh {
@@ -215,13 +215,12 @@ unsafe fn convolve_lanes<V: F32x>(g: &Plane, rows_in: &[f32], wk: &[f32], bias: 
         let output = base.add(oy * g.ow);
         let mut ox = 0;
         loop {
-            let keep = l.min(g.ow);
             // The last vector of a row ends at the row's end.
             let at = if ox + l > g.ow { g.ow.saturating_sub(l) } else { ox };
-            spots[n] = Spot { input: input.add(at), output: output.add(at), keep };
+            spots[n] = Spot { input: input.add(at), output: output.add(at) };
             n += 1;
             if n == CHAINS {
-                accumulate::<V, CHAINS>(&spots, &taps, bias, silu);
+                accumulate::<V, CHAINS>(&spots, &taps, bias, silu, keep);
                 n = 0;
             }
             ox = at + l;
@@ -232,21 +231,21 @@ unsafe fn convolve_lanes<V: F32x>(g: &Plane, rows_in: &[f32], wk: &[f32], bias: 
     }
     let mut rest = &spots[..n];
     if rest.len() >= CHAINS / 2 {
-        accumulate::<V, { CHAINS / 2 }>(rest, &taps, bias, silu);
+        accumulate::<V, { CHAINS / 2 }>(rest, &taps, bias, silu, keep);
         rest = &rest[CHAINS / 2..];
     }
     for spot in rest {
-        accumulate::<V, 1>(std::slice::from_ref(spot), &taps, bias, silu);
+        accumulate::<V, 1>(std::slice::from_ref(spot), &taps, bias, silu, keep);
     }
 }
 
-/// `N` output vectors over all taps, stored.
+/// `N` output vectors over all taps, the first `keep` lanes of each stored.
 ///
 /// # Safety
 /// The CPU runs `V`'s level; every spot's input is valid for a vector at
 /// each tap offset and its output for `keep` values.
 #[inline(always)]
-unsafe fn accumulate<V: F32x, const N: usize>(spots: &[Spot], taps: &[(usize, f32)], bias: f32, silu: bool) {
+unsafe fn accumulate<V: F32x, const N: usize>(spots: &[Spot], taps: &[(usize, f32)], bias: f32, silu: bool, keep: usize) {
     let mut acc = [V::splat(bias); N];
     for &(offset, weight) in taps {
         let wv = V::splat(weight);
@@ -256,12 +255,12 @@ unsafe fn accumulate<V: F32x, const N: usize>(spots: &[Spot], taps: &[(usize, f3
     }
     for (a, spot) in acc.into_iter().zip(spots) {
         let a = if silu { vector::silu(a) } else { a };
-        if spot.keep == V::LANES {
+        if keep == V::LANES {
             a.store(spot.output);
         } else {
             let mut last = [0f32; MAX_LANES];
             a.store(last.as_mut_ptr());
-            std::ptr::copy_nonoverlapping(last.as_ptr(), spot.output, spot.keep);
+            std::ptr::copy_nonoverlapping(last.as_ptr(), spot.output, keep);
         }
     }
 }
