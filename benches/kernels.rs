@@ -31,13 +31,18 @@ fn bench(c: &mut Criterion) {
         let bias = vec![0.1; m];
         let mut out = vec![0f32; m * n];
         g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
-        g.bench_function(format!("ours_{m}x{n}x{k}"), |it| {
-            it.iter(|| {
-                let epi = Epilogue { bias: &bias, silu: false, residual: None };
-                // SAFETY: out is m x n.
-                unsafe { gemm(&packed, &RowMajor { data: &bv, cols: n }, n, out.as_mut_ptr(), n, &epi) }
-            })
-        });
+        // With and without SiLU: the networks apply it after almost every
+        // convolution, and at small K it costs as much as the multiply-adds.
+        for silu in [false, true] {
+            let name = if silu { "ours_silu" } else { "ours" };
+            g.bench_function(format!("{name}_{m}x{n}x{k}"), |it| {
+                it.iter(|| {
+                    let epi = Epilogue { bias: &bias, silu, residual: None };
+                    // SAFETY: out is m x n.
+                    unsafe { gemm(&packed, &RowMajor { data: &bv, cols: n }, n, out.as_mut_ptr(), n, &epi) }
+                })
+            });
+        }
         g.bench_function(format!("candle_{m}x{n}x{k}"), |it| it.iter(|| a.matmul(&b).unwrap()));
     }
     g.finish();

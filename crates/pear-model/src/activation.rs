@@ -1,5 +1,6 @@
-//! The scalar `exp` and SiLU the kernels' vector code mirrors (for the tails
-//! the vector loops leave), with an `exp` the compiler can vectorise.
+//! The scalar SiLU the kernels' vector code mirrors (for the tails the
+//! vector loops leave), and an `exp` the compiler can vectorise (DFL's
+//! softmax).
 //!
 //! libm's `expf` is a call per element: in efficientnet_b3 at 512x740 it was
 //! 15 % of the forward pass. This is Cephes' single-precision exp (range
@@ -37,10 +38,34 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(ni.wrapping_add(127) << 23)
 }
 
-/// x * sigmoid(x) for one value (the tails the vector loops leave).
+/// ln 2 as one constant: SiLU's reduction, one fused multiply-add. Its
+/// rounding error (2e-9) times |n| <= 127 stays under 2 ulp at the ends of
+/// the range and under half an ulp for |x| < 20.
+pub(crate) const LN2: f32 = std::f32::consts::LN_2;
+/// The range of -x whose e^-x SiLU computes (beyond it 2^n leaves the
+/// exponent's range; the result is x or 0 there anyway).
+pub(crate) const EXP_ARG_MIN: f32 = -87.3;
+pub(crate) const EXP_ARG_MAX: f32 = 88.3;
+/// e^r on [-ln2/2, ln2/2] as a degree-6 polynomial, constant term first:
+/// within 7.3e-8 (0.6 ulp) of e^r, fitted by `tools/fit_exp_poly.py`.
+#[allow(clippy::excessive_precision)]
+pub(crate) const EXP_POLY: [f32; 7] = [1.0, 1.0, 0.499_999_91, 0.166_664_2, 0.041_668_233, 0.008_374_899, 0.001_383_674_2];
+
+/// x * sigmoid(x) for one value (the tails the vector loops leave): the
+/// steps of `vector::silu_all`, with a division for the reciprocal.
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // max/min: NaN clamps (x keeps it in the product)
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + exp(-x))
+    let xc = x.max(-EXP_ARG_MAX).min(-EXP_ARG_MIN);
+    let t = xc * -LOG2E + ROUND;
+    let n = t - ROUND;
+    let ni = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let r = n * -LN2 - xc;
+    let mut p = EXP_POLY[6];
+    for &c in EXP_POLY[..6].iter().rev() {
+        p = p * r + c;
+    }
+    x / (p * f32::from_bits(ni.wrapping_add(127) << 23) + 1.0)
 }
 
 #[cfg(test)]
@@ -49,9 +74,9 @@ mod tests {
     use crate::sgemm::vector::{self, F32x};
     use crate::simd::Simd;
 
-    /// x * sigmoid(x), in place, at the given SIMD level: vector exp and the
-    /// reciprocal's estimate, no division in the loop. The kernels apply
-    /// `vector::silu` as they store; this runs it alone, for the tests.
+    /// x * sigmoid(x), in place, at the given SIMD level, the way the kernels
+    /// apply it as they store: groups of vectors side by side
+    /// (`vector::silu_each`), single vectors, then the scalar tail.
     fn silu_inplace(simd: Simd, v: &mut [f32]) {
         crate::simd::at_level!(simd, (v: &mut [f32]),
             avx512 => silu_lanes::<vector::Avx512>(v),
@@ -64,7 +89,16 @@ mod tests {
     /// The CPU runs `V`'s level.
     #[inline(always)]
     unsafe fn silu_lanes<V: F32x>(v: &mut [f32]) {
-        let mut chunks = v.chunks_exact_mut(V::LANES);
+        let (l, g) = (V::LANES, vector::SILU_GROUP);
+        let mut groups = v.chunks_exact_mut(l * g);
+        for c in &mut groups {
+            let mut x: [V; vector::SILU_GROUP] = std::array::from_fn(|i| V::load(c.as_ptr().add(i * l)));
+            vector::silu_each(&mut x);
+            for (i, x) in x.into_iter().enumerate() {
+                x.store(c.as_mut_ptr().add(i * l));
+            }
+        }
+        let mut chunks = groups.into_remainder().chunks_exact_mut(l);
         for c in &mut chunks {
             vector::silu(V::load(c.as_ptr())).store(c.as_mut_ptr());
         }
@@ -89,8 +123,9 @@ mod tests {
     fn silu_edges_at_every_level() {
         let want = [0.0, 0.731_058_6, -0.268_941_4, 30.0, -2.808_3e-12, 100.0, 0.0, f32::NAN];
         for simd in Simd::ALL.into_iter().filter(|s| s.runs_here()) {
-            // 8 values, then 16 and 19 (two full vectors at any level, and a tail).
-            for len in [8, 16, 19] {
+            // 8 values, then lengths with two full vectors at any level and a
+            // tail, and longer ones that also fill groups of vectors.
+            for len in [8, 16, 19, 64, 75, 141] {
                 let xs = [0.0, 1.0, -1.0, 30.0, -30.0, 100.0, -100.0, f32::NAN];
                 let mut v: Vec<f32> = (0..len).map(|i| xs[i % 8]).collect();
                 silu_inplace(simd, &mut v);

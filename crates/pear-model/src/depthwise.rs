@@ -253,8 +253,10 @@ unsafe fn accumulate<V: F32x, const N: usize>(spots: &[Spot], taps: &[(usize, f3
             *a = V::load(spot.input.add(offset)).mul_add(wv, *a);
         }
     }
+    if silu {
+        vector::silu_each(&mut acc);
+    }
     for (a, spot) in acc.into_iter().zip(spots) {
-        let a = if silu { vector::silu(a) } else { a };
         if keep == V::LANES {
             a.store(spot.output);
         } else {

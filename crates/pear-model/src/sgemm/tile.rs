@@ -55,20 +55,16 @@ pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
             }
         }
         if let Some(e) = epi {
-            for i in 0..MR {
-                let off = (at.row + i) * at.ldc + at.col;
-                let bias = V::splat(e.bias[at.row + i]);
-                for j in 0..NV {
-                    let cp = at.c.add(off + j * l);
-                    let mut v = V::load(cp).add(bias);
-                    if e.silu {
-                        v = vector::silu(v);
-                    }
-                    if let Some(r) = e.residual {
-                        v = v.add(V::load(r.add(off + j * l)));
-                    }
-                    v.store(cp);
-                }
+            // The tile's vectors in groups, so SiLU runs several side by side.
+            const G: usize = vector::SILU_GROUP;
+            let mut f = 0;
+            while f + G <= MR * NV {
+                finish_vectors::<V, NV, G>(at, e, f);
+                f += G;
+            }
+            while f < MR * NV {
+                finish_vectors::<V, NV, 1>(at, e, f);
+                f += 1;
             }
         }
         return;
@@ -94,6 +90,24 @@ pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
             }
             *cp = v;
         }
+    }
+}
+
+/// The epilogue of G vectors of a full tile in C, from its vector `first`
+/// (counted row by row, NV a row).
+#[inline(always)]
+unsafe fn finish_vectors<V: F32x, const NV: usize, const G: usize>(at: &At, e: &Epilogue, first: usize) {
+    let row = |q: usize| at.row + (first + q) / NV;
+    let off: [usize; G] = std::array::from_fn(|q| row(q) * at.ldc + at.col + (first + q) % NV * V::LANES);
+    let mut v: [V; G] = std::array::from_fn(|q| V::load(at.c.add(off[q])).add(V::splat(e.bias[row(q)])));
+    if e.silu {
+        v = vector::silu_all(v);
+    }
+    if let Some(r) = e.residual {
+        v = std::array::from_fn(|q| v[q].add(V::load(r.add(off[q]))));
+    }
+    for (v, off) in v.into_iter().zip(off) {
+        v.store(at.c.add(off));
     }
 }
 

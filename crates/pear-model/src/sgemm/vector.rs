@@ -1,10 +1,10 @@
-//! One SIMD register of f32 lanes, per level, and the vector exp and SiLU
-//! built on it. The GEMM's tile and the activations are written once,
+//! One SIMD register of f32 lanes, per level, and the vector SiLU built on
+//! it. The GEMM's tile and the activations are written once,
 //! generic over `F32x`; each level's instantiation runs inside a function
 //! compiled for that level (`simd::at_level`), where these
 //! `#[inline(always)]` wrappers become single instructions.
 
-use crate::activation::{LN2_HI, LN2_LO, LOG2E, ROUND};
+use crate::activation::{EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN2, LOG2E, ROUND};
 
 pub(crate) trait F32x: Copy {
     const LANES: usize;
@@ -23,36 +23,66 @@ pub(crate) trait F32x: Copy {
     unsafe fn max(self, b: Self) -> Self;
     /// The smaller; `b` where `self` is NaN.
     unsafe fn min(self, b: Self) -> Self;
-    /// 1 / self from the hardware estimate and one Newton step: no division.
-    unsafe fn recip(self) -> Self;
+    /// `c - self * b`, fused.
+    unsafe fn neg_mul_add(self, b: Self, c: Self) -> Self;
+    /// `self * b - c`, fused.
+    unsafe fn mul_sub(self, b: Self, c: Self) -> Self;
+    /// The hardware's estimate of 1 / self (12 bits on AVX2, 14 on AVX-512;
+    /// exact in the portable code): `silu_all` refines it.
+    unsafe fn recip_estimate(self) -> Self;
     /// 2^n, where `t = n + ROUND` holds the integer n in its low mantissa bits.
     unsafe fn pow2_of_rounded(t: Self) -> Self;
 }
 
-/// e^x, lane by lane: the same Cephes polynomial as `activation::exp`.
+/// x * sigmoid(x) = x / (1 + e^-x) for N vectors at once, each step done
+/// for all N before the next. One vector's SiLU is a chain of 15 dependent
+/// operations; run one after another, the chains left the FP units waiting
+/// on latency (about 30 cycles a vector inside the GEMM's epilogue), while
+/// N side by side keep them busy. The steps are those of `activation::silu`.
 #[inline(always)]
-#[allow(clippy::excessive_precision)]
-pub(crate) unsafe fn exp<V: F32x>(x: V) -> V {
-    let x = x.max(V::splat(-87.3)).min(V::splat(88.3));
-    let t = x.mul_add(V::splat(LOG2E), V::splat(ROUND));
-    let n = t.sub(V::splat(ROUND));
-    let r = n.mul_add(V::splat(-LN2_HI), x);
-    let r = n.mul_add(V::splat(-LN2_LO), r);
-    let mut p = V::splat(1.987_569_1e-4);
-    p = p.mul_add(r, V::splat(1.398_199_9e-3));
-    p = p.mul_add(r, V::splat(8.333_452e-3));
-    p = p.mul_add(r, V::splat(4.166_579_6e-2));
-    p = p.mul_add(r, V::splat(1.666_666_5e-1));
-    p = p.mul_add(r, V::splat(5.000_000_1e-1));
-    let y = p.mul(r).mul_add(r, r).add(V::splat(1.0));
-    y.mul(V::pow2_of_rounded(t))
+pub(crate) unsafe fn silu_all<V: F32x, const N: usize>(x: [V; N]) -> [V; N] {
+    use std::array::from_fn;
+    // e^-x for -x in [-87.3, 88.3]: beyond it 2^n leaves the exponent's range.
+    let (lo, hi) = (V::splat(-EXP_ARG_MAX), V::splat(-EXP_ARG_MIN));
+    let xc: [V; N] = from_fn(|i| x[i].max(lo).min(hi));
+    // -x = n ln2 + r: t holds n = round(-x log2 e) in its low mantissa bits.
+    let t: [V; N] = from_fn(|i| xc[i].mul_add(V::splat(-LOG2E), V::splat(ROUND)));
+    let n: [V; N] = from_fn(|i| t[i].sub(V::splat(ROUND)));
+    let r: [V; N] = from_fn(|i| n[i].mul_sub(V::splat(-LN2), xc[i]));
+    let mut p: [V; N] = [V::splat(EXP_POLY[6]); N];
+    for &c in EXP_POLY[..6].iter().rev() {
+        p = from_fn(|i| p[i].mul_add(r[i], V::splat(c)));
+    }
+    // 1 + e^-x, then x times its reciprocal: the estimate refined by one
+    // Newton step, the step's two factors multiplied into x side by side.
+    let d: [V; N] = from_fn(|i| p[i].mul_add(V::pow2_of_rounded(t[i]), V::splat(1.0)));
+    let e: [V; N] = from_fn(|i| d[i].recip_estimate());
+    let xe: [V; N] = from_fn(|i| x[i].mul(e[i]));
+    let step: [V; N] = from_fn(|i| d[i].neg_mul_add(e[i], V::splat(2.0)));
+    from_fn(|i| xe[i].mul(step[i]))
 }
 
-/// x * sigmoid(x) = x / (1 + e^-x), with the reciprocal's estimate.
+/// Vectors SiLU'd side by side.
+pub(crate) const SILU_GROUP: usize = 4;
+
+/// x * sigmoid(x) for one vector.
 #[inline(always)]
 pub(crate) unsafe fn silu<V: F32x>(x: V) -> V {
-    let zero = V::splat(0.0);
-    x.mul(exp(zero.sub(x)).add(V::splat(1.0)).recip())
+    silu_all([x])[0]
+}
+
+/// SiLU on every vector of `v`, [`SILU_GROUP`] at a time: more side by side
+/// would spill AVX2's sixteen registers.
+#[inline(always)]
+pub(crate) unsafe fn silu_each<V: F32x>(v: &mut [V]) {
+    let mut groups = v.chunks_exact_mut(SILU_GROUP);
+    for g in &mut groups {
+        let x: [V; SILU_GROUP] = std::array::from_fn(|i| g[i]);
+        g.copy_from_slice(&silu_all(x));
+    }
+    for x in groups.into_remainder() {
+        *x = silu(*x);
+    }
 }
 
 /// Four lanes in plain Rust: what the compiler makes of it at the baseline target.
@@ -105,7 +135,15 @@ impl F32x for Portable {
         self.map2(b, |x, y| if x < y { x } else { y })
     }
     #[inline(always)]
-    unsafe fn recip(self) -> Self {
+    unsafe fn neg_mul_add(self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|i| c.0[i] - self.0[i] * b.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn mul_sub(self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|i| self.0[i] * b.0[i] - c.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn recip_estimate(self) -> Self {
         Portable(self.0.map(|x| 1.0 / x))
     }
     #[inline(always)]
@@ -165,9 +203,16 @@ mod x86 {
             Avx2(_mm256_min_ps(self.0, b.0))
         }
         #[inline(always)]
-        unsafe fn recip(self) -> Self {
-            let r = _mm256_rcp_ps(self.0); // 12 bits; one Newton step makes ~23
-            Avx2(_mm256_mul_ps(r, _mm256_fnmadd_ps(self.0, r, _mm256_set1_ps(2.0))))
+        unsafe fn neg_mul_add(self, b: Self, c: Self) -> Self {
+            Avx2(_mm256_fnmadd_ps(self.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn mul_sub(self, b: Self, c: Self) -> Self {
+            Avx2(_mm256_fmsub_ps(self.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn recip_estimate(self) -> Self {
+            Avx2(_mm256_rcp_ps(self.0))
         }
         #[inline(always)]
         unsafe fn pow2_of_rounded(t: Self) -> Self {
@@ -218,9 +263,16 @@ mod x86 {
             Avx512(_mm512_min_ps(self.0, b.0))
         }
         #[inline(always)]
-        unsafe fn recip(self) -> Self {
-            let r = _mm512_rcp14_ps(self.0); // 14 bits; one Newton step makes ~24
-            Avx512(_mm512_mul_ps(r, _mm512_fnmadd_ps(self.0, r, _mm512_set1_ps(2.0))))
+        unsafe fn neg_mul_add(self, b: Self, c: Self) -> Self {
+            Avx512(_mm512_fnmadd_ps(self.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn mul_sub(self, b: Self, c: Self) -> Self {
+            Avx512(_mm512_fmsub_ps(self.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn recip_estimate(self) -> Self {
+            Avx512(_mm512_rcp14_ps(self.0))
         }
         #[inline(always)]
         unsafe fn pow2_of_rounded(t: Self) -> Self {
