@@ -5,10 +5,13 @@
 //! result back to NCHW, and bias and activation are two more passes with two
 //! more allocations: for YOLOv8n at 320x256 the GEMM itself was a sixth of
 //! the time. Here the weights are the GEMM's left matrix as loaded (O x I*k*k,
-//! row-major, BN folded), im2col writes channel-major rows (I*k*k x OH*OW)
-//! into a buffer each worker thread keeps, the product lands in NCHW
-//! directly, and bias and SiLU follow in one pass while it is hot.
-//! 1x1 stride-1 convolutions skip im2col: the input already is that matrix.
+//! row-major, BN folded) and im2col never exists: the image is laid out once
+//! as padded phase planes (`phase_planes`), where every row of the column
+//! matrix (one input channel at one tap) is a contiguous run the GEMM packs
+//! straight from, and the product, computed at the planes' width, is cut to
+//! NCHW as it leaves. Bias and SiLU are applied as each tile leaves the
+//! registers. 1x1 stride-1 convolutions need no planes: the input already is
+//! that matrix.
 //! Three more copies are folded in: a concatenated input is given as its
 //! parts (one GEMM per part into the same output), a squeeze-excite gate
 //! scales the weights' input columns instead of the activations, and a
@@ -19,7 +22,7 @@
 //! block at a time, and bias, SiLU and the residual are its epilogue.
 
 use super::cpu::cpu_f32;
-use super::split_rows::{split_bases, split_row};
+use super::split_rows::split_row;
 use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
 use crate::simd::Simd;
 use candle_core::Tensor;
@@ -129,9 +132,10 @@ impl GemmConv2d {
         for b in 0..batch {
             let imgs: Vec<(&[f32], usize)> =
                 views.iter().zip(&channels).map(|(v, &c)| (&v.slice()[b * c * h * w..(b + 1) * c * h * w], c)).collect();
-            // Kernels wider than 1x1 read the image as padded, phase-split
-            // rows (all parts in one buffer): each tap is then one copy.
-            let split = (!self.is_pointwise()).then(|| self.split_image(&imgs, h, w));
+            // Kernels wider than 1x1 (and strided ones) read the image as
+            // padded phase planes (all parts in one buffer): each tap's row of
+            // the column matrix is then a run of one plane, borrowed, not copied.
+            let phases = (!self.is_pointwise()).then(|| self.phase_planes(&imgs, h, w));
             let res = res_view.as_ref().map(|r| &r.slice()[b * o * n..(b + 1) * o * n]);
             // SAFETY: image b's o*n block lies inside the allocation.
             let out = OutPtr(unsafe { out.as_mut_ptr().add(b * o * n) });
@@ -144,11 +148,11 @@ impl GemmConv2d {
                 }
                 None => &self.packed,
             };
-            let source = match &split {
-                Some((rows, bases)) => Source::Split { rows, bases, wp: w + 2 * self.pad },
+            let source = match &phases {
+                Some(p) => Source::Phases(p),
                 None => Source::Parts(&imgs),
             };
-            let band = |oys: Range<usize>| self.band(weights, &source, h, oys, ow, out, res);
+            let band = |oys: Range<usize>| self.band(weights, &source, oys, oh, ow, out, res);
             // One parallel region per convolution: each thread convolves a band
             // of output rows start to end (im2col, GEMM, bias/SiLU/residual),
             // with its own columns buffer. Small ones stay on this thread.
@@ -168,19 +172,54 @@ impl GemmConv2d {
         Tensor::from_vec(out, (batch, o, oh, ow), first.device())
     }
 
-    /// Every input channel's rows, padded by `pad` and split by stride phase,
-    /// and where each kernel column starts in such a row.
-    fn split_image(&self, imgs: &[(&[f32], usize)], h: usize, w: usize) -> (Vec<f32>, Vec<usize>) {
-        let wp = w + 2 * self.pad;
-        let mut rows = vec![0.0; self.in_channels * h * wp];
-        let planes: Vec<&[f32]> = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(h * w)).collect();
+    /// The image as phase planes: every input channel zero-padded by `pad`
+    /// on all four sides and split into stride x stride planes, plane (a, b)
+    /// holding the padded pixels (s*i + a, s*j + b). Output pixel (oy, ox)
+    /// at tap (ky, kx) then reads plane (ky % s, kx % s) at row oy + ky / s,
+    /// column ox + kx / s: with the output laid out at the planes' width
+    /// `wq` (`wq - ow` columns of each row computed and dropped), each tap's
+    /// row of the column matrix is one contiguous run of a plane.
+    fn phase_planes(&self, imgs: &[(&[f32], usize)], h: usize, w: usize) -> Phases {
+        let (s, p) = (self.stride, self.pad);
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
+        // One zero row more than the plane has: a tap's run for the last
+        // output row reaches up to k / s values past the plane's last row.
+        let plane = (hq + 1) * wq;
+        let len = self.in_channels * s * s * plane;
+        // Not zeroed first: every value is written once below, padding
+        // included (zeroing the whole buffer was 2 % of a yolov8n forward).
+        let mut data: Vec<f32> = Vec::with_capacity(len);
+        let sources: Vec<&[f32]> = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(h * w)).collect();
         // Channels in parallel: a serial pass here would idle the other cores.
-        rows.par_chunks_mut(h * wp).zip(planes).with_min_len((PAR_MIN_MACS / 64 / (h * w)).max(1)).for_each(|(dst, plane)| {
-            for (row, dst) in plane.chunks_exact(w).zip(dst.chunks_exact_mut(wp)) {
-                split_row(row, self.pad, self.stride, dst);
-            }
-        });
-        (rows, split_bases(self.k, self.stride, wp))
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut(s * s * plane)
+            .zip(sources)
+            .with_min_len((PAR_MIN_MACS / 64 / (h * w)).max(1))
+            .for_each(|(dst, src)| {
+                let mut split = vec![0.0; wp];
+                for (pl, dst) in dst.chunks_exact_mut(plane).enumerate() {
+                    let (a, b) = (pl / s, pl % s);
+                    // split_row lays the column phases out one after another.
+                    let (from, cols) = ((0..b).map(|q| (wp - q).div_ceil(s)).sum::<usize>(), (wp - b).div_ceil(s));
+                    for (i, dst) in dst.chunks_exact_mut(wq).enumerate() {
+                        // Padded row s*i + a: an image row, or padding.
+                        let y = (s * i + a).checked_sub(p).filter(|&y| y < h);
+                        let (vals, zeros) = dst.split_at_mut(cols);
+                        match y {
+                            Some(y) => {
+                                split_row(&src[y * w..(y + 1) * w], p, s, &mut split);
+                                vals.iter_mut().zip(&split[from..from + cols]).for_each(|(d, &v)| _ = d.write(v));
+                            }
+                            None => vals.iter_mut().for_each(|d| _ = d.write(0.0)),
+                        }
+                        zeros.iter_mut().for_each(|d| _ = d.write(0.0));
+                    }
+                }
+            });
+        // SAFETY: the loop above wrote all `len` values.
+        unsafe { data.set_len(len) };
+        Phases { data, wq, plane }
     }
 
     /// Output rows `oys` (all channels) of one image: the GEMM of `weights`
@@ -191,48 +230,90 @@ impl GemmConv2d {
         &self,
         weights: &PackedWeights,
         source: &Source,
-        h: usize,
         oys: Range<usize>,
+        oh: usize,
         ow: usize,
         out: OutPtr,
         residual: Option<&[f32]>,
     ) {
-        let n = self.out_size(h) * ow;
-        let (col0, nb) = (oys.start * ow, oys.len() * ow);
-        let cols = ConvColumns { conv: self, source, h, oys, ow };
-        let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: residual.map(|r| r[col0..].as_ptr()) };
-        // SAFETY: `out` is o x n row-major; this band writes only its
-        // columns [col0, col0 + nb) of each row (bands are disjoint), and
-        // the residual is read in the same layout.
-        unsafe { sgemm::gemm(weights, &cols, nb, out.0.add(col0), n, &epi) }
+        let n = oh * ow;
+        let cols = ConvColumns { conv: self, source, oys: oys.clone(), ow };
+        match source {
+            Source::Parts(_) => {
+                let (col0, nb) = (oys.start * ow, oys.len() * ow);
+                let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: residual.map(|r| r[col0..].as_ptr()) };
+                // SAFETY: `out` is o x n row-major; this band writes only its
+                // columns [col0, col0 + nb) of each row (bands are disjoint),
+                // and the residual is read in the same layout.
+                unsafe { sgemm::gemm(weights, &cols, nb, out.0.add(col0), n, &epi) }
+            }
+            Source::Phases(ph) => {
+                // The product at the planes' width, into this thread's
+                // buffer; then each row's first ow pixels into the output,
+                // the residual added on the way.
+                let nb = oys.len() * ph.wq;
+                let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: None };
+                WIDE.with_borrow_mut(|wide| {
+                    wide.clear();
+                    wide.reserve(self.out_channels * nb);
+                    // SAFETY: the buffer has room for o x nb, which the GEMM
+                    // writes whole before anything reads it.
+                    unsafe {
+                        sgemm::gemm(weights, &cols, nb, wide.as_mut_ptr(), nb, &epi);
+                        wide.set_len(self.out_channels * nb);
+                    }
+                    for (o, rows) in wide.chunks_exact(nb).enumerate() {
+                        for (oy, row) in oys.clone().zip(rows.chunks_exact(ph.wq)) {
+                            let at = o * n + oy * ow;
+                            // SAFETY: row oy of channel o lies in this band's part of `out`.
+                            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), ow) };
+                            match residual {
+                                Some(r) => dst.iter_mut().zip(&row[..ow]).zip(&r[at..at + ow]).for_each(|((d, v), r)| *d = v + r),
+                                None => dst.copy_from_slice(&row[..ow]),
+                            }
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
+thread_local! {
+    /// A band's product at the phase planes' width, before its rows are cut to the output's.
+    static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The image as `GemmConv2d::phase_planes` lays it out: per input channel,
+/// stride x stride planes of `plane` values, rows `wq` wide.
+struct Phases {
+    data: Vec<f32>,
+    wq: usize,
+    plane: usize,
+}
+
 /// The image a convolution reads: its parts as given (1x1 kernels, whose
-/// column matrix the image already is), or all channels as split rows.
+/// column matrix the image already is), or all channels as phase planes.
 enum Source<'a> {
     Parts(&'a [(&'a [f32], usize)]),
-    Split { rows: &'a [f32], bases: &'a [usize], wp: usize },
+    Phases(&'a Phases),
 }
 
 /// Rows of one band's column matrix: row r is input channel r / (k*k)
 /// (counted across the parts) at tap (r / k % k, r % k), sampled at every
-/// output pixel of rows `oys`.
+/// output pixel of rows `oys` (at the planes' width, for phase planes).
 struct ConvColumns<'a> {
     conv: &'a GemmConv2d,
     source: &'a Source<'a>,
-    h: usize,
     oys: Range<usize>,
     ow: usize,
 }
 
 impl Columns for ConvColumns<'_> {
-    fn row<'s>(&'s self, r: usize, cols: Range<usize>, out: &'s mut [f32]) -> &'s [f32] {
-        let (k, s, p) = (self.conv.k, self.conv.stride, self.conv.pad);
-        let (h, ow) = (self.h, self.ow);
-        let first = self.oys.start * ow; // column 0 of the band, in the image
-        let (rows, bases, wp) = match *self.source {
+    fn row<'s>(&'s self, r: usize, cols: Range<usize>, _: &'s mut [f32]) -> &'s [f32] {
+        match *self.source {
             Source::Parts(imgs) => {
+                let first = self.oys.start * self.ow; // column 0 of the band, in the image
                 let mut c = r;
                 for &(img, ch) in imgs {
                     if c < ch {
@@ -243,26 +324,14 @@ impl Columns for ConvColumns<'_> {
                 }
                 unreachable!("row {r} beyond the parts' channels"); // gemm asks for rows < K only
             }
-            Source::Split { rows, bases, wp } => (rows, bases, wp),
-        };
-        let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        let plane = &rows[c * h * wp..(c + 1) * h * wp];
-        let mut at = cols.start;
-        while at < cols.end {
-            // One output row's piece: pixels [at, end) of the band.
-            let (oy, ox0) = (self.oys.start + at / ow, at % ow);
-            let ox1 = (ox0 + (cols.end - at)).min(ow);
-            let dst = &mut out[at - cols.start..at - cols.start + (ox1 - ox0)];
-            let iy = (oy * s + ky) as isize - p as isize;
-            if iy < 0 || iy >= h as isize {
-                dst.fill(0.0);
-            } else {
-                let from = iy as usize * wp + bases[kx] + ox0;
-                dst.copy_from_slice(&plane[from..from + dst.len()]);
+            Source::Phases(ph) => {
+                let (k, s) = (self.conv.k, self.conv.stride);
+                let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                let plane = (c * s + ky % s) * s + kx % s;
+                let at = plane * ph.plane + (self.oys.start + ky / s) * ph.wq + kx / s;
+                &ph.data[at + cols.start..at + cols.end]
             }
-            at += ox1 - ox0;
         }
-        out
     }
 }
 

