@@ -22,7 +22,7 @@
 //! block at a time, and bias, SiLU and the residual are its epilogue.
 
 use super::cpu::cpu_f32;
-use super::split_rows::split_row;
+use super::split_rows::{split_bases, split_row};
 use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
 use crate::simd::Simd;
 use candle_core::Tensor;
@@ -192,31 +192,34 @@ impl GemmConv2d {
         let mut data: Vec<f32> = Vec::with_capacity(len);
         let sources: Vec<&[f32]> = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(h * w)).collect();
         // Channels in parallel: a serial pass here would idle the other cores.
+        // Where each column phase starts in a split row: kernel column b's base, b < s.
+        let phase_at = split_bases(s, s, wp);
         data.spare_capacity_mut()[..len]
             .par_chunks_mut(s * s * plane)
             .zip(sources)
             .with_min_len((PAR_MIN_MACS / 64 / (h * w)).max(1))
-            .for_each(|(dst, src)| {
-                let mut split = vec![0.0; wp];
-                for (pl, dst) in dst.chunks_exact_mut(plane).enumerate() {
-                    let (a, b) = (pl / s, pl % s);
-                    // split_row lays the column phases out one after another.
-                    let (from, cols) = ((0..b).map(|q| (wp - q).div_ceil(s)).sum::<usize>(), (wp - b).div_ceil(s));
-                    for (i, dst) in dst.chunks_exact_mut(wq).enumerate() {
-                        // Padded row s*i + a: an image row, or padding.
+            .for_each_init(
+                || vec![0.0; wp],
+                |split, (dst, src)| {
+                    // Padded row s*i + a is row i of planes (a, 0..s): split once, written to each.
+                    for (i, a) in (0..hq + 1).flat_map(|i| (0..s).map(move |a| (i, a))) {
                         let y = (s * i + a).checked_sub(p).filter(|&y| y < h);
-                        let (vals, zeros) = dst.split_at_mut(cols);
-                        match y {
-                            Some(y) => {
-                                split_row(&src[y * w..(y + 1) * w], p, s, &mut split);
-                                vals.iter_mut().zip(&split[from..from + cols]).for_each(|(d, &v)| _ = d.write(v));
-                            }
-                            None => vals.iter_mut().for_each(|d| _ = d.write(0.0)),
+                        if let Some(y) = y {
+                            split_row(&src[y * w..(y + 1) * w], p, s, split);
                         }
-                        zeros.iter_mut().for_each(|d| _ = d.write(0.0));
+                        for (b, &from) in phase_at.iter().enumerate() {
+                            let cols = (wp - b).div_ceil(s);
+                            let row = &mut dst[(a * s + b) * plane + i * wq..][..wq];
+                            let (vals, zeros) = row.split_at_mut(cols);
+                            match y {
+                                Some(_) => vals.iter_mut().zip(&split[from..from + cols]).for_each(|(d, &v)| _ = d.write(v)),
+                                None => vals.iter_mut().for_each(|d| _ = d.write(0.0)),
+                            }
+                            zeros.iter_mut().for_each(|d| _ = d.write(0.0));
+                        }
                     }
-                }
-            });
+                },
+            );
         // SAFETY: the loop above wrote all `len` values.
         unsafe { data.set_len(len) };
         Phases { data, wq, plane }
@@ -310,7 +313,7 @@ struct ConvColumns<'a> {
 }
 
 impl Columns for ConvColumns<'_> {
-    fn row<'s>(&'s self, r: usize, cols: Range<usize>, _: &'s mut [f32]) -> &'s [f32] {
+    fn row(&self, r: usize, cols: Range<usize>) -> &[f32] {
         match *self.source {
             Source::Parts(imgs) => {
                 let first = self.oys.start * self.ow; // column 0 of the band, in the image

@@ -92,11 +92,11 @@ impl PackedWeights {
     }
 }
 
-/// B, one row at a time: row `r` (of K), columns `cols` (of N).
+/// B, one row at a time: row `r` (of K), columns `cols` (of N), borrowed
+/// from wherever B lives (the convolutions lay their image out so that each
+/// row is one run of it).
 pub trait Columns {
-    /// The row's values, either borrowed from the source or written into
-    /// `scratch` (which has `cols.len()` elements).
-    fn row<'s>(&'s self, r: usize, cols: Range<usize>, scratch: &'s mut [f32]) -> &'s [f32];
+    fn row(&self, r: usize, cols: Range<usize>) -> &[f32];
 }
 
 /// A plain row-major K x N matrix as B (tests and benches; the
@@ -107,7 +107,7 @@ pub struct RowMajor<'a> {
 }
 
 impl Columns for RowMajor<'_> {
-    fn row<'s>(&'s self, r: usize, cols: Range<usize>, _: &'s mut [f32]) -> &'s [f32] {
+    fn row(&self, r: usize, cols: Range<usize>) -> &[f32] {
         &self.data[r * self.cols..][cols]
     }
 }
@@ -121,8 +121,8 @@ pub struct Epilogue<'a> {
 }
 
 thread_local! {
-    /// Packed B and one unpacked row of it, reused by every call on this thread.
-    static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Packed B, reused by every call on this thread.
+    static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// C (M x N, row stride `ldc`) = epilogue(A * B), for B of K x N.
@@ -142,12 +142,12 @@ pub unsafe fn gemm(a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ld
         tile::epilogue_only(a.m, n, c, ldc, epi);
         return;
     }
-    BUFFERS.with_borrow_mut(|(packed, scratch)| {
+    PACKED.with_borrow_mut(|packed| {
         crate::simd::at_level!(a.simd,
-            (a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue, packed: &mut Vec<f32>, scratch: &mut Vec<f32>),
-            avx512 => drive::<vector::Avx512, 8, 3, 48>(a, b, n, c, ldc, epi, packed, scratch),
-            avx2 => drive::<vector::Avx2, 6, 2, 16>(a, b, n, c, ldc, epi, packed, scratch),
-            portable => drive::<vector::Portable, 4, 2, 8>(a, b, n, c, ldc, epi, packed, scratch),
+            (a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue, packed: &mut Vec<f32>),
+            avx512 => drive::<vector::Avx512, 8, 3, 48>(a, b, n, c, ldc, epi, packed),
+            avx2 => drive::<vector::Avx2, 6, 2, 16>(a, b, n, c, ldc, epi, packed),
+            portable => drive::<vector::Portable, 4, 2, 8>(a, b, n, c, ldc, epi, packed),
         )
     })
 }
@@ -164,7 +164,6 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
     ldc: usize,
     epi: &Epilogue,
     packed: &mut Vec<f32>,
-    scratch: &mut Vec<f32>,
 ) {
     debug_assert!(a.mr == MR && NR == NV * V::LANES);
     let nr = NR;
@@ -174,7 +173,7 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
         let panels = ncur.div_ceil(nr);
         for pc in (0..k).step_by(KC) {
             let kcur = KC.min(k - pc);
-            let packed = pack_b::<NR>(b, pc..pc + kcur, jc..jc + ncur, packed, scratch);
+            let packed = pack_b::<NR>(b, pc..pc + kcur, jc..jc + ncur, packed);
             let (accumulate, last) = (pc > 0, pc + kcur == k);
             // Row panels outside, column panels inside: each row of C is
             // written left to right, and the packed block (in L2) is read
@@ -209,13 +208,7 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
 /// holds, row after row, columns j*NR .. j*NR+NR (zero past the end).
 /// The panels start on a cache line: the tile's vector loads never split one.
 #[inline(always)]
-fn pack_b<'p, const NR: usize>(
-    b: &dyn Columns,
-    rows: Range<usize>,
-    cols: Range<usize>,
-    packed: &'p mut Vec<f32>,
-    scratch: &mut Vec<f32>,
-) -> &'p [f32] {
+fn pack_b<'p, const NR: usize>(b: &dyn Columns, rows: Range<usize>, cols: Range<usize>, packed: &'p mut Vec<f32>) -> &'p [f32] {
     let (kc, nc) = (rows.len(), cols.len());
     let len = nc.div_ceil(NR) * kc * NR;
     // Grown, never shrunk: a shrink would make the next, larger block
@@ -226,11 +219,8 @@ fn pack_b<'p, const NR: usize>(
     }
     let at = packed.as_ptr().align_offset(64).min(16);
     let packed = &mut packed[at..at + len];
-    if scratch.len() < nc {
-        scratch.resize(nc, 0.0);
-    }
     for (rr, r) in rows.enumerate() {
-        let row = b.row(r, cols.clone(), &mut scratch[..nc]);
+        let row = b.row(r, cols.clone());
         debug_assert_eq!(row.len(), nc);
         let mut chunks = row.chunks_exact(NR);
         for (j, chunk) in (&mut chunks).enumerate() {
