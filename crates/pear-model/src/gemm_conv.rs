@@ -133,10 +133,6 @@ impl GemmConv2d {
         for b in 0..batch {
             let imgs: Vec<(&[f32], usize)> =
                 views.iter().zip(&channels).map(|(v, &c)| (&v.slice()[b * c * h * w..(b + 1) * c * h * w], c)).collect();
-            // Kernels wider than 1x1 (and strided ones) read the image as
-            // padded phase planes (all parts in one buffer): each tap's row of
-            // the column matrix is then a run of one plane, borrowed, not copied.
-            let phases = (!self.is_pointwise()).then(|| self.phase_planes(&imgs, h, w));
             let res = res_view.as_ref().map(|r| &r.slice()[b * o * n..(b + 1) * o * n]);
             // SAFETY: image b's o*n block lies inside the allocation.
             let out = OutPtr(unsafe { out.as_mut_ptr().add(b * o * n) });
@@ -149,14 +145,13 @@ impl GemmConv2d {
                 }
                 None => &self.packed,
             };
-            let source = match &phases {
-                Some(p) => Source::Phases(p),
-                None => Source::Parts(&imgs),
-            };
-            let band = |oys: Range<usize>| self.band(weights, &source, oys, oh, ow, out, res);
+            // Kernels wider than 1x1 (and strided ones) read the image as
+            // padded phase planes, each band laying out the rows it reads.
+            let source = if self.is_pointwise() { Source::Parts(&imgs) } else { Source::Planes { imgs: &imgs, h, w } };
+            let band = |oys: Range<usize>| self.band(weights, source, oys, oh, ow, out, res);
             // One parallel region per convolution: each thread convolves a band
-            // of output rows start to end (im2col, GEMM, bias/SiLU/residual),
-            // with its own columns buffer. Small ones stay on this thread.
+            // of output rows start to end (phase planes, GEMM, bias/SiLU/residual),
+            // with its own buffers. Small ones stay on this thread.
             let threads = rayon::current_num_threads();
             let bands = threads.min(oh);
             if threads > 1 && bands > 1 && o * n * self.in_channels * self.k * self.k >= PAR_MIN_MACS {
@@ -173,57 +168,52 @@ impl GemmConv2d {
         Tensor::from_vec(out, (batch, o, oh, ow), first.device())
     }
 
-    /// The image as phase planes: every input channel zero-padded by `pad`
-    /// on all four sides and split into stride x stride planes, plane (a, b)
-    /// holding the padded pixels (s*i + a, s*j + b). Output pixel (oy, ox)
-    /// at tap (ky, kx) then reads plane (ky % s, kx % s) at row oy + ky / s,
-    /// column ox + kx / s: with the output laid out at the planes' width
-    /// `wq` (`wq - ow` columns of each row computed and dropped), each tap's
-    /// row of the column matrix is one contiguous run of a plane.
-    fn phase_planes(&self, imgs: &[(&[f32], usize)], h: usize, w: usize) -> Phases {
+    /// Plane rows `rows` of the image as phase planes, into `dst`: every
+    /// input channel zero-padded by `pad` on all four sides and split into
+    /// stride x stride planes, plane (a, b) holding the padded pixels
+    /// (s*i + a, s*j + b). Output pixel (oy, ox) at tap (ky, kx) then reads
+    /// plane (ky % s, kx % s) at row oy + ky / s, column ox + kx / s: with
+    /// the output laid out at the planes' width `wq` (`wq - ow` columns of
+    /// each row computed and dropped), each tap's row of the column matrix
+    /// is one contiguous run of a plane. Rows past the padded image are zeros.
+    fn phase_planes<'d>(&self, imgs: &[(&[f32], usize)], h: usize, w: usize, rows: Range<usize>, dst: &'d mut Vec<f32>) -> Phases<'d> {
         let (s, p) = (self.stride, self.pad);
-        let (hp, wp) = (h + 2 * p, w + 2 * p);
-        let (hq, wq) = (hp.div_ceil(s), wp.div_ceil(s));
-        // One zero row more than the plane has: a tap's run for the last
-        // output row reaches up to k / s values past the plane's last row.
-        let plane = (hq + 1) * wq;
+        let wp = w + 2 * p;
+        let wq = wp.div_ceil(s);
+        let plane = rows.len() * wq;
         let len = self.in_channels * s * s * plane;
-        // Not zeroed first: every value is written once below, padding
-        // included (zeroing the whole buffer was 2 % of a yolov8n forward).
-        let mut data: Vec<f32> = Vec::with_capacity(len);
-        let sources: Vec<&[f32]> = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(h * w)).collect();
-        // Channels in parallel: a serial pass here would idle the other cores.
+        // Grown, never shrunk, and not zeroed: every value is written once below.
+        if dst.len() < len {
+            dst.resize(len, 0.0);
+        }
         // Where each column phase starts in a split row: kernel column b's base, b < s.
         let phase_at = split_bases(s, s, wp);
-        data.spare_capacity_mut()[..len]
-            .par_chunks_mut(s * s * plane)
-            .zip(sources)
-            .with_min_len((PAR_MIN_MACS / 64 / (h * w)).max(1))
-            .for_each_init(
-                || vec![0.0; wp],
-                |split, (dst, src)| {
-                    // Padded row s*i + a is row i of planes (a, 0..s): split once, written to each.
-                    for (i, a) in (0..hq + 1).flat_map(|i| (0..s).map(move |a| (i, a))) {
+        let sources = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(h * w));
+        SPLIT.with_borrow_mut(|split| {
+            split.resize(wp, 0.0);
+            for (planes, src) in dst[..len].chunks_exact_mut(s * s * plane).zip(sources) {
+                // Padded row s*i + a is row i of planes (a, 0..s): split once, written to each.
+                for (li, i) in rows.clone().enumerate() {
+                    for a in 0..s {
                         let y = (s * i + a).checked_sub(p).filter(|&y| y < h);
                         if let Some(y) = y {
                             split_row(&src[y * w..(y + 1) * w], p, s, split);
                         }
                         for (b, &from) in phase_at.iter().enumerate() {
                             let cols = (wp - b).div_ceil(s);
-                            let row = &mut dst[(a * s + b) * plane + i * wq..][..wq];
+                            let row = &mut planes[(a * s + b) * plane + li * wq..][..wq];
                             let (vals, zeros) = row.split_at_mut(cols);
                             match y {
-                                Some(_) => vals.iter_mut().zip(&split[from..from + cols]).for_each(|(d, &v)| _ = d.write(v)),
-                                None => vals.iter_mut().for_each(|d| _ = d.write(0.0)),
+                                Some(_) => vals.copy_from_slice(&split[from..from + cols]),
+                                None => vals.fill(0.0),
                             }
-                            zeros.iter_mut().for_each(|d| _ = d.write(0.0));
+                            zeros.fill(0.0);
                         }
                     }
-                },
-            );
-        // SAFETY: the loop above wrote all `len` values.
-        unsafe { data.set_len(len) };
-        Phases { data, wq, plane }
+                }
+            }
+        });
+        Phases { data: &dst[..len], wq, plane }
     }
 
     /// Output rows `oys` (all channels) of one image: the GEMM of `weights`
@@ -233,7 +223,7 @@ impl GemmConv2d {
     fn band(
         &self,
         weights: &PackedWeights,
-        source: &Source,
+        source: Source,
         oys: Range<usize>,
         oh: usize,
         ow: usize,
@@ -241,21 +231,27 @@ impl GemmConv2d {
         residual: Option<&[f32]>,
     ) {
         let n = oh * ow;
-        let cols = ConvColumns { conv: self, source, oys: oys.clone(), ow };
         match source {
-            Source::Parts(_) => {
+            Source::Parts(imgs) => {
                 let (col0, nb) = (oys.start * ow, oys.len() * ow);
+                let cols = PartColumns { imgs, first: col0 };
                 let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: residual.map(|r| r[col0..].as_ptr()) };
                 // SAFETY: `out` is o x n row-major; this band writes only its
                 // columns [col0, col0 + nb) of each row (bands are disjoint),
                 // and the residual is read in the same layout.
                 unsafe { sgemm::gemm(weights, &cols, nb, out.0.add(col0), n, &epi) }
             }
-            Source::Phases(ph) => {
+            Source::Planes { imgs, h, w } => PLANES.with_borrow_mut(|planes| {
+                // This band's plane rows: its output rows, the (k - 1) / s
+                // rows below them that taps reach, and one more for the runs
+                // of the last row, which end up to k / s values past it.
+                let rows = oys.start..oys.end + (self.k - 1) / self.stride + 1;
+                let cols = PlaneColumns { conv: self, ph: self.phase_planes(imgs, h, w, rows, planes) };
+                let wq = cols.ph.wq;
                 // The product at the planes' width, into this thread's
                 // buffer; then each row's first ow pixels into the output,
                 // the residual added on the way.
-                let nb = oys.len() * ph.wq;
+                let nb = oys.len() * wq;
                 let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: None };
                 WIDE.with_borrow_mut(|wide| {
                     wide.clear();
@@ -267,7 +263,7 @@ impl GemmConv2d {
                         wide.set_len(self.out_channels * nb);
                     }
                     for (o, rows) in wide.chunks_exact(nb).enumerate() {
-                        for (oy, row) in oys.clone().zip(rows.chunks_exact(ph.wq)) {
+                        for (oy, row) in oys.clone().zip(rows.chunks_exact(wq)) {
                             let at = o * n + oy * ow;
                             // SAFETY: row oy of channel o lies in this band's part of `out`.
                             let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), ow) };
@@ -277,65 +273,75 @@ impl GemmConv2d {
                             }
                         }
                     }
-                });
-            }
+                })
+            }),
         }
     }
 }
 
 thread_local! {
+    /// A band's phase planes, reused by every convolution on this thread.
+    static PLANES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// One split image row, while the planes are laid out.
+    static SPLIT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// A band's product at the phase planes' width, before its rows are cut to the output's.
     static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The image as `GemmConv2d::phase_planes` lays it out: per input channel,
-/// stride x stride planes of `plane` values, rows `wq` wide.
-struct Phases {
-    data: Vec<f32>,
+/// Some plane rows of an image as `GemmConv2d::phase_planes` lays them
+/// out: per input channel, stride x stride planes of `plane` values, rows
+/// `wq` wide.
+struct Phases<'a> {
+    data: &'a [f32],
     wq: usize,
     plane: usize,
 }
 
 /// The image a convolution reads: its parts as given (1x1 kernels, whose
-/// column matrix the image already is), or all channels as phase planes.
+/// column matrix the image already is), or all channels to be laid out as
+/// phase planes, band by band.
+#[derive(Clone, Copy)]
 enum Source<'a> {
     Parts(&'a [(&'a [f32], usize)]),
-    Phases(&'a Phases),
+    Planes { imgs: &'a [(&'a [f32], usize)], h: usize, w: usize },
 }
 
-/// Rows of one band's column matrix: row r is input channel r / (k*k)
-/// (counted across the parts) at tap (r / k % k, r % k), sampled at every
-/// output pixel of rows `oys` (at the planes' width, for phase planes).
-struct ConvColumns<'a> {
-    conv: &'a GemmConv2d,
-    source: &'a Source<'a>,
-    oys: Range<usize>,
-    ow: usize,
+/// A band's column matrix for a 1x1 stride-1 kernel: row r is input channel
+/// r (counted across the parts) from the band's first pixel `first` on.
+struct PartColumns<'a> {
+    imgs: &'a [(&'a [f32], usize)],
+    first: usize,
 }
 
-impl Columns for ConvColumns<'_> {
+impl Columns for PartColumns<'_> {
     fn row(&self, r: usize, cols: Range<usize>) -> &[f32] {
-        match *self.source {
-            Source::Parts(imgs) => {
-                let first = self.oys.start * self.ow; // column 0 of the band, in the image
-                let mut c = r;
-                for &(img, ch) in imgs {
-                    if c < ch {
-                        let n = img.len() / ch;
-                        return &img[c * n + first + cols.start..c * n + first + cols.end];
-                    }
-                    c -= ch;
-                }
-                unreachable!("row {r} beyond the parts' channels"); // gemm asks for rows < K only
+        let mut c = r;
+        for &(img, ch) in self.imgs {
+            if c < ch {
+                let n = img.len() / ch;
+                return &img[c * n + self.first + cols.start..c * n + self.first + cols.end];
             }
-            Source::Phases(ph) => {
-                let (k, s) = (self.conv.k, self.conv.stride);
-                let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-                let plane = (c * s + ky % s) * s + kx % s;
-                let at = plane * ph.plane + (self.oys.start + ky / s) * ph.wq + kx / s;
-                &ph.data[at + cols.start..at + cols.end]
-            }
+            c -= ch;
         }
+        unreachable!("row {r} beyond the parts' channels"); // gemm asks for rows < K only
+    }
+}
+
+/// A band's column matrix from its phase planes: row r is input channel
+/// r / (k*k) at tap (r / k % k, r % k), sampled at every pixel of the
+/// band's output rows at the planes' width.
+struct PlaneColumns<'a> {
+    conv: &'a GemmConv2d,
+    ph: Phases<'a>,
+}
+
+impl Columns for PlaneColumns<'_> {
+    fn row(&self, r: usize, cols: Range<usize>) -> &[f32] {
+        let (k, s) = (self.conv.k, self.conv.stride);
+        let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let plane = (c * s + ky % s) * s + kx % s;
+        let at = plane * self.ph.plane + (ky / s) * self.ph.wq + kx / s;
+        &self.ph.data[at + cols.start..at + cols.end]
     }
 }
 
@@ -376,6 +382,9 @@ mod tests {
             // Wider than one NC block of columns, K over one KC block, M not a tile multiple.
             (1, 40, 13, 3, 1, 1, 40, 31, true),
             (1, 24, 20, 3, 2, 1, 67, 70, false),
+            // Parallel bands whose plane rows overlap by more than one row, and stride 3.
+            (1, 8, 16, 5, 2, 2, 50, 45, true),
+            (1, 12, 16, 3, 3, 1, 61, 40, false),
         ];
         for (simd, (b, i, o, k, s, p, h, w, silu)) in levels().flat_map(|l| cases.map(|c| (l, c))) {
             let x = Tensor::randn(0f32, 1.0, (b, i, h, w), &dev)?;
