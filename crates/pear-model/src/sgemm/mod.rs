@@ -4,10 +4,11 @@
 //!
 //! A is the weights, packed once at load into panels of MR output channels
 //! (`PackedWeights`); B is the convolution's column matrix, which the caller
-//! hands over row by row (`Columns`) and which is packed here, KC rows by NR
-//! columns at a time, straight from the image (im2col never exists whole).
+//! hands over row by row (`Columns`) and which the tile reads where it lies,
+//! KC rows by NR columns at a time (im2col never exists whole). Only the
+//! last panel of a call, narrower than NR, is copied, padded with zeros.
 //! Blocking follows the usual scheme: a KC x NR panel of B stays in L1 while
-//! MR x KC panels of A stream from L2, MC output channels at a time.
+//! MR x KC panels of A stream from L2.
 //! The tile (`tile.rs`) is written once over `F32x` and compiled per level.
 //!
 //! candle's `gemm` crate did this job before: it packs the weights again on
@@ -22,9 +23,9 @@ use std::cell::RefCell;
 use std::ops::Range;
 use vector::F32x;
 
-/// Rows of B packed per pass: a KC x NR panel of B is 16-48 KiB.
+/// Rows of B per pass: a KC x NR panel of B is 16-48 KiB.
 const KC: usize = 256;
-/// Columns per block of packed B.
+/// Columns of B per block (rounded down to whole panels).
 const NC: usize = 256;
 
 /// Tile shape per level: MR output channels by NV vectors of pixels.
@@ -121,7 +122,7 @@ pub struct Epilogue<'a> {
 }
 
 thread_local! {
-    /// Packed B, reused by every call on this thread.
+    /// The last, partial panel of B, reused by every call on this thread.
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -166,41 +167,71 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
     packed: &mut Vec<f32>,
 ) {
     debug_assert!(a.mr == MR && NR == NV * V::LANES);
-    let nr = NR;
     let (m, k) = (a.m, a.k);
-    for jc in (0..n).step_by(NC) {
-        let ncur = NC.min(n - jc);
-        let panels = ncur.div_ceil(nr);
+    // Whole panels of NR columns per block: a block that ended inside a
+    // panel would compute its zero padding and run the scalar edge tile at
+    // every block (NC = 256 is five panels and a third at AVX-512's 48).
+    let nc = (NC / NR).max(1) * NR;
+    // Every row's start, found once per call: the whole panels of each
+    // block are read where B lives (no copy: each packed panel would be
+    // read only by the M / MR row panels), the last, partial one of the
+    // call is packed with zeros past its end, so no load leaves B.
+    let mut rows: Vec<*const f32> = Vec::with_capacity(k);
+    rows.extend((0..k).map(|r| b.row(r, 0..n).as_ptr()));
+    for jc in (0..n).step_by(nc) {
+        let ncur = nc.min(n - jc);
+        let whole = ncur / NR;
         for pc in (0..k).step_by(KC) {
             let kcur = KC.min(k - pc);
-            let packed = pack_b::<NR>(b, pc..pc + kcur, jc..jc + ncur, packed);
+            let tail = (whole * NR < ncur).then(|| pack_b::<NR>(b, pc..pc + kcur, jc + whole * NR..jc + ncur, packed).as_ptr());
             let (accumulate, last) = (pc > 0, pc + kcur == k);
+            let epi = last.then_some(epi);
             // Row panels outside, column panels inside: each row of C is
-            // written left to right, and the packed block (in L2) is read
+            // written left to right, and the block of B (in L2) is read
             // once per row panel, its A panel staying in L1.
             for ir in (0..m).step_by(MR) {
-                for jp in 0..panels {
-                    let bp = packed.as_ptr().add(jp * kcur * nr);
-                    let cols = nr.min(ncur - jp * nr);
-                    {
-                        let rows = MR.min(m - ir);
-                        let ap = a.data.as_ptr().add(ir * k + pc * rows);
-                        let at = tile::At { c, ldc, row: ir, col: jc + jp * nr, rows, cols };
-                        let epi = last.then_some(epi);
-                        match rows {
-                            _ if rows == MR => tile::tile::<V, MR, NV>(kcur, ap, bp, &at, accumulate, epi),
-                            1 => tile::tile::<V, 1, NV>(kcur, ap, bp, &at, accumulate, epi),
-                            2 => tile::tile::<V, 2, NV>(kcur, ap, bp, &at, accumulate, epi),
-                            3 => tile::tile::<V, 3, NV>(kcur, ap, bp, &at, accumulate, epi),
-                            4 => tile::tile::<V, 4, NV>(kcur, ap, bp, &at, accumulate, epi),
-                            5 => tile::tile::<V, 5, NV>(kcur, ap, bp, &at, accumulate, epi),
-                            6 => tile::tile::<V, 6, NV>(kcur, ap, bp, &at, accumulate, epi),
-                            _ => tile::tile::<V, 7, NV>(kcur, ap, bp, &at, accumulate, epi),
-                        }
+                let rows_here = MR.min(m - ir);
+                let ap = a.data.as_ptr().add(ir * k + pc * rows_here);
+                for jp in 0..whole {
+                    let at = tile::At { c, ldc, row: ir, col: jc + jp * NR, rows: rows_here, cols: NR };
+                    let bp = tile::InPlace { rows: rows.as_ptr().add(pc), first: jc + jp * NR };
+                    run_tile::<V, _, MR, NV>(kcur, ap, bp, &at, accumulate, epi);
+                }
+                if let Some(tail) = tail {
+                    // Only as many vectors as the columns left need.
+                    let cols = ncur - whole * NR;
+                    let at = tile::At { c, ldc, row: ir, col: jc + whole * NR, rows: rows_here, cols };
+                    let bp = tile::Packed { data: tail, nr: NR };
+                    match cols.div_ceil(V::LANES) {
+                        1 => run_tile::<V, _, MR, 1>(kcur, ap, bp, &at, accumulate, epi),
+                        2 if NV > 2 => run_tile::<V, _, MR, 2>(kcur, ap, bp, &at, accumulate, epi),
+                        _ => run_tile::<V, _, MR, NV>(kcur, ap, bp, &at, accumulate, epi),
                     }
                 }
             }
         }
+    }
+}
+
+/// The tile for `at.rows` rows: MR, or the fewer left in the last row panel.
+#[inline(always)]
+unsafe fn run_tile<V: F32x, B: tile::Panel, const MR: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    b: B,
+    at: &tile::At,
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+) {
+    match at.rows {
+        rows if rows == MR => tile::tile::<V, B, MR, NV>(kc, a, b, at, accumulate, epi),
+        1 => tile::tile::<V, B, 1, NV>(kc, a, b, at, accumulate, epi),
+        2 => tile::tile::<V, B, 2, NV>(kc, a, b, at, accumulate, epi),
+        3 => tile::tile::<V, B, 3, NV>(kc, a, b, at, accumulate, epi),
+        4 => tile::tile::<V, B, 4, NV>(kc, a, b, at, accumulate, epi),
+        5 => tile::tile::<V, B, 5, NV>(kc, a, b, at, accumulate, epi),
+        6 => tile::tile::<V, B, 6, NV>(kc, a, b, at, accumulate, epi),
+        _ => tile::tile::<V, B, 7, NV>(kc, a, b, at, accumulate, epi),
     }
 }
 
@@ -247,8 +278,18 @@ mod tests {
     #[test]
     fn matches_candle_matmul_at_every_level() -> candle_core::Result<()> {
         let dev = Device::Cpu;
-        let shapes =
-            [(1, 1, 1), (5, 3, 7), (6, 16, 9), (8, 48, 27), (13, 100, 300), (16, 1100, 64), (37, 77, 513), (130, 50, 40), (24, 2100, 5)];
+        let shapes = [
+            (1, 1, 1),
+            (5, 3, 7),
+            (6, 16, 9),
+            (8, 48, 27),
+            (13, 100, 300),
+            (16, 1100, 64),
+            (9, 80, 20),
+            (37, 77, 513),
+            (130, 50, 40),
+            (24, 2100, 5),
+        ];
         for simd in Simd::ALL.into_iter().filter(|s| s.runs_here()) {
             for &(m, n, k) in &shapes {
                 for (silu, residual) in [(false, false), (true, false), (true, true), (false, true)] {

@@ -16,6 +16,43 @@ pub(super) struct At {
     pub cols: usize,
 }
 
+/// Where the tile reads its kc x NR panel of B.
+pub(super) trait Panel: Copy {
+    /// The `LANES` floats at column `col` (of the panel's NR) of row `p`.
+    ///
+    /// # Safety
+    /// `p` < kc and `col + LANES` <= NR.
+    unsafe fn load<V: F32x>(self, p: usize, col: usize) -> V;
+}
+
+/// A panel packed row after row, `nr` floats a row.
+#[derive(Clone, Copy)]
+pub(super) struct Packed {
+    pub data: *const f32,
+    pub nr: usize,
+}
+
+impl Panel for Packed {
+    #[inline(always)]
+    unsafe fn load<V: F32x>(self, p: usize, col: usize) -> V {
+        V::load(self.data.add(p * self.nr + col))
+    }
+}
+
+/// A panel read where B lives: row p starts at `rows[p] + first`.
+#[derive(Clone, Copy)]
+pub(super) struct InPlace {
+    pub rows: *const *const f32,
+    pub first: usize,
+}
+
+impl Panel for InPlace {
+    #[inline(always)]
+    unsafe fn load<V: F32x>(self, p: usize, col: usize) -> V {
+        V::load((*self.rows.add(p)).add(self.first + col))
+    }
+}
+
 /// Largest tile of any level (8 x 48 for AVX-512), for edge tiles.
 const EDGE: usize = 8 * 48;
 
@@ -23,12 +60,12 @@ const EDGE: usize = 8 * 48;
 /// `accumulate`), then the epilogue when this was the last KC block.
 ///
 /// # Safety
-/// `a` holds kc*MR floats and `b` kc*NR; the `At` region is inside C.
+/// `a` holds kc*MR floats and `b` kc rows of NR; the `At` region is inside C.
 #[inline(always)]
-pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
+pub(super) unsafe fn tile<V: F32x, B: Panel, const MR: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
-    b: *const f32,
+    b: B,
     at: &At,
     accumulate: bool,
     epi: Option<&Epilogue>,
@@ -36,7 +73,7 @@ pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
     let (l, nr) = (V::LANES, NV * V::LANES);
     let mut acc = [[V::splat(0.0); NV]; MR];
     for p in 0..kc {
-        let bv: [V; NV] = std::array::from_fn(|j| V::load(b.add(p * nr + j * l)));
+        let bv: [V; NV] = std::array::from_fn(|j| b.load::<V>(p, j * l));
         for (i, row) in acc.iter_mut().enumerate() {
             let av = V::splat(*a.add(p * MR + i));
             for (acc, &bv) in row.iter_mut().zip(&bv) {
@@ -69,7 +106,8 @@ pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
         }
         return;
     }
-    // An edge: the whole tile into a buffer, then only what lies inside C.
+    // An edge: the whole tile into a buffer, then only what lies inside C,
+    // by whole vectors while they fit, then element by element.
     debug_assert!(MR * nr <= EDGE);
     let mut buf = [0f32; EDGE];
     for (i, row) in acc.iter().enumerate() {
@@ -77,9 +115,21 @@ pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
             v.store(buf.as_mut_ptr().add(i * nr + j * l));
         }
     }
+    let whole = at.cols / l * l;
     for i in 0..at.rows {
         let off = (at.row + i) * at.ldc + at.col;
-        for j in 0..at.cols {
+        for j in (0..whole).step_by(l) {
+            let cp = at.c.add(off + j);
+            let mut v = V::load(buf.as_ptr().add(i * nr + j));
+            if accumulate {
+                v = v.add(V::load(cp));
+            }
+            if let Some(e) = epi {
+                v = finish_vector(v, e, at.row + i, off + j);
+            }
+            v.store(cp);
+        }
+        for j in whole..at.cols {
             let cp = at.c.add(off + j);
             let mut v = buf[i * nr + j];
             if accumulate {
@@ -91,6 +141,19 @@ pub(super) unsafe fn tile<V: F32x, const MR: usize, const NV: usize>(
             *cp = v;
         }
     }
+}
+
+/// The epilogue of one vector of row `row` at offset `off` in C.
+#[inline(always)]
+unsafe fn finish_vector<V: F32x>(v: V, e: &Epilogue, row: usize, off: usize) -> V {
+    let mut v = v.add(V::splat(e.bias[row]));
+    if e.silu {
+        [v] = vector::silu_all([v]);
+    }
+    if let Some(r) = e.residual {
+        v = v.add(V::load(r.add(off)));
+    }
+    v
 }
 
 /// The epilogue of G vectors of a full tile in C, from its vector `first`
