@@ -196,6 +196,21 @@ impl GemmConv2d {
                 for (li, i) in rows.clone().enumerate() {
                     for a in 0..s {
                         let y = (s * i + a).checked_sub(p).filter(|&y| y < h);
+                        if s == 1 {
+                            // One phase: the padded row itself, with no split copy between.
+                            let row = &mut planes[li * wq..][..wq];
+                            match y {
+                                Some(y) => {
+                                    let (pad, rest) = row.split_at_mut(p);
+                                    let (vals, pad_right) = rest.split_at_mut(w);
+                                    pad.fill(0.0);
+                                    vals.copy_from_slice(&src[y * w..(y + 1) * w]);
+                                    pad_right.fill(0.0);
+                                }
+                                None => row.fill(0.0),
+                            }
+                            continue;
+                        }
                         if let Some(y) = y {
                             split_row(&src[y * w..(y + 1) * w], p, s, split);
                         }
@@ -314,16 +329,11 @@ struct PartColumns<'a> {
 }
 
 impl Columns for PartColumns<'_> {
-    fn row(&self, r: usize, cols: Range<usize>) -> &[f32] {
-        let mut c = r;
+    fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
         for &(img, ch) in self.imgs {
-            if c < ch {
-                let n = img.len() / ch;
-                return &img[c * n + self.first + cols.start..c * n + self.first + cols.end];
-            }
-            c -= ch;
+            let plane = img.len() / ch;
+            out.extend(img.chunks_exact(plane).map(|c| &c[self.first..self.first + n]));
         }
-        unreachable!("row {r} beyond the parts' channels"); // gemm asks for rows < K only
     }
 }
 
@@ -336,12 +346,18 @@ struct PlaneColumns<'a> {
 }
 
 impl Columns for PlaneColumns<'_> {
-    fn row(&self, r: usize, cols: Range<usize>) -> &[f32] {
-        let (k, s) = (self.conv.k, self.conv.stride);
-        let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-        let plane = (c * s + ky % s) * s + kx % s;
-        let at = plane * self.ph.plane + (ky / s) * self.ph.wq + kx / s;
-        &self.ph.data[at + cols.start..at + cols.end]
+    fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
+        let (k, s, ph) = (self.conv.k, self.conv.stride, &self.ph);
+        // Tap (ky, kx) of a channel reads plane (ky % s, kx % s) from row
+        // ky / s, column kx / s on.
+        for planes in ph.data.chunks_exact(s * s * ph.plane) {
+            for ky in 0..k {
+                for kx in 0..k {
+                    let at = ((ky % s) * s + kx % s) * ph.plane + (ky / s) * ph.wq + kx / s;
+                    out.push(&planes[at..at + n]);
+                }
+            }
+        }
     }
 }
 

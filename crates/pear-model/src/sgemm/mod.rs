@@ -93,11 +93,11 @@ impl PackedWeights {
     }
 }
 
-/// B, one row at a time: row `r` (of K), columns `cols` (of N), borrowed
-/// from wherever B lives (the convolutions lay their image out so that each
-/// row is one run of it).
+/// B as its K rows, each borrowed from wherever B lives (the convolutions
+/// lay their image out so that each row is one run of it).
 pub trait Columns {
-    fn row(&self, r: usize, cols: Range<usize>) -> &[f32];
+    /// Every row in order, each its first `n` columns, appended to `out`.
+    fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>);
 }
 
 /// A plain row-major K x N matrix as B (tests and benches; the
@@ -108,8 +108,8 @@ pub struct RowMajor<'a> {
 }
 
 impl Columns for RowMajor<'_> {
-    fn row(&self, r: usize, cols: Range<usize>) -> &[f32] {
-        &self.data[r * self.cols..][cols]
+    fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
+        out.extend(self.data.chunks_exact(self.cols.max(1)).map(|r| &r[..n]));
     }
 }
 
@@ -172,18 +172,22 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
     // panel would compute its zero padding and run the scalar edge tile at
     // every block (NC = 256 is five panels and a third at AVX-512's 48).
     let nc = (NC / NR).max(1) * NR;
-    // Every row's start, found once per call: the whole panels of each
-    // block are read where B lives (no copy: each packed panel would be
-    // read only by the M / MR row panels), the last, partial one of the
-    // call is packed with zeros past its end, so no load leaves B.
-    let mut rows: Vec<*const f32> = Vec::with_capacity(k);
-    rows.extend((0..k).map(|r| b.row(r, 0..n).as_ptr()));
+    // Every row found once per call: the whole panels of each block are
+    // read where B lies (no copy: each packed panel would be read only by
+    // the M / MR row panels). The last panel of a call, narrower than NR,
+    // is read in place too when it is whole vectors, else packed with zeros
+    // past its end, so no load leaves B.
+    let mut rows: Vec<&[f32]> = Vec::with_capacity(k);
+    b.rows(n, &mut rows);
+    assert!(rows.len() == k && rows.iter().all(|r| r.len() == n), "B is K rows of N columns");
     for jc in (0..n).step_by(nc) {
         let ncur = nc.min(n - jc);
         let whole = ncur / NR;
+        let (tail_at, tail) = (jc + whole * NR, ncur % NR);
         for pc in (0..k).step_by(KC) {
             let kcur = KC.min(k - pc);
-            let tail = (whole * NR < ncur).then(|| pack_b::<NR>(b, pc..pc + kcur, jc + whole * NR..jc + ncur, packed).as_ptr());
+            let in_place = tile::InPlace { rows: rows[pc..].as_ptr(), first: 0 };
+            let packed = (tail % V::LANES != 0).then(|| pack_b::<NR>(&rows[pc..pc + kcur], tail_at..jc + ncur, packed).as_ptr());
             let (accumulate, last) = (pc > 0, pc + kcur == k);
             let epi = last.then_some(epi);
             // Row panels outside, column panels inside: each row of C is
@@ -194,22 +198,35 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
                 let ap = a.data.as_ptr().add(ir * k + pc * rows_here);
                 for jp in 0..whole {
                     let at = tile::At { c, ldc, row: ir, col: jc + jp * NR, rows: rows_here, cols: NR };
-                    let bp = tile::InPlace { rows: rows.as_ptr().add(pc), first: jc + jp * NR };
+                    let bp = tile::InPlace { first: jc + jp * NR, ..in_place };
                     run_tile::<V, _, MR, NV>(kcur, ap, bp, &at, accumulate, epi);
                 }
-                if let Some(tail) = tail {
-                    // Only as many vectors as the columns left need.
-                    let cols = ncur - whole * NR;
-                    let at = tile::At { c, ldc, row: ir, col: jc + whole * NR, rows: rows_here, cols };
-                    let bp = tile::Packed { data: tail, nr: NR };
-                    match cols.div_ceil(V::LANES) {
-                        1 => run_tile::<V, _, MR, 1>(kcur, ap, bp, &at, accumulate, epi),
-                        2 if NV > 2 => run_tile::<V, _, MR, 2>(kcur, ap, bp, &at, accumulate, epi),
-                        _ => run_tile::<V, _, MR, NV>(kcur, ap, bp, &at, accumulate, epi),
+                if tail > 0 {
+                    let at = tile::At { c, ldc, row: ir, col: tail_at, rows: rows_here, cols: tail };
+                    match packed {
+                        Some(data) => tail_tile::<V, _, MR, NV>(kcur, ap, tile::Packed { data, nr: NR }, &at, accumulate, epi),
+                        None => tail_tile::<V, _, MR, NV>(kcur, ap, tile::InPlace { first: tail_at, ..in_place }, &at, accumulate, epi),
                     }
                 }
             }
         }
+    }
+}
+
+/// A last panel narrower than NR: a tile only as wide as its vectors.
+#[inline(always)]
+unsafe fn tail_tile<V: F32x, B: tile::Panel, const MR: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    b: B,
+    at: &tile::At,
+    accumulate: bool,
+    epi: Option<&Epilogue>,
+) {
+    match at.cols.div_ceil(V::LANES) {
+        1 => run_tile::<V, _, MR, 1>(kc, a, b, at, accumulate, epi),
+        2 if NV > 2 => run_tile::<V, _, MR, 2>(kc, a, b, at, accumulate, epi),
+        _ => run_tile::<V, _, MR, NV>(kc, a, b, at, accumulate, epi),
     }
 }
 
@@ -235,24 +252,22 @@ unsafe fn run_tile<V: F32x, B: tile::Panel, const MR: usize, const NV: usize>(
     }
 }
 
-/// Rows `rows` of B, columns `cols`, as panels of NR columns: panel j
-/// holds, row after row, columns j*NR .. j*NR+NR (zero past the end).
+/// Columns `cols` of the rows `rows` of B, as panels of NR columns: panel
+/// j holds, row after row, columns j*NR .. j*NR+NR (zero past the end).
 /// The panels start on a cache line: the tile's vector loads never split one.
 #[inline(always)]
-fn pack_b<'p, const NR: usize>(b: &dyn Columns, rows: Range<usize>, cols: Range<usize>, packed: &'p mut Vec<f32>) -> &'p [f32] {
+fn pack_b<'p, const NR: usize>(rows: &[&[f32]], cols: Range<usize>, packed: &'p mut Vec<f32>) -> &'p [f32] {
     let (kc, nc) = (rows.len(), cols.len());
     let len = nc.div_ceil(NR) * kc * NR;
     // Grown, never shrunk: a shrink would make the next, larger block
-    // zero its tail again (1.4 % of a yolov8n forward), and every element
-    // used is written below anyway.
+    // zero its tail again, and every element used is written below anyway.
     if packed.len() < len + 16 {
         packed.resize(len + 16, 0.0);
     }
     let at = packed.as_ptr().align_offset(64).min(16);
     let packed = &mut packed[at..at + len];
-    for (rr, r) in rows.enumerate() {
-        let row = b.row(r, cols.clone());
-        debug_assert_eq!(row.len(), nc);
+    for (rr, row) in rows.iter().enumerate() {
+        let row = &row[cols.clone()];
         let mut chunks = row.chunks_exact(NR);
         for (j, chunk) in (&mut chunks).enumerate() {
             packed[(j * kc + rr) * NR..][..NR].copy_from_slice(chunk);

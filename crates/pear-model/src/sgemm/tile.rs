@@ -39,17 +39,17 @@ impl Panel for Packed {
     }
 }
 
-/// A panel read where B lives: row p starts at `rows[p] + first`.
+/// A panel read where B lies: row p is `rows[p]`, from column `first` on.
 #[derive(Clone, Copy)]
-pub(super) struct InPlace {
-    pub rows: *const *const f32,
+pub(super) struct InPlace<'r> {
+    pub rows: *const &'r [f32],
     pub first: usize,
 }
 
-impl Panel for InPlace {
+impl Panel for InPlace<'_> {
     #[inline(always)]
     unsafe fn load<V: F32x>(self, p: usize, col: usize) -> V {
-        V::load((*self.rows.add(p)).add(self.first + col))
+        V::load((*self.rows.add(p)).as_ptr().add(self.first + col))
     }
 }
 
