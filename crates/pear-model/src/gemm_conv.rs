@@ -7,8 +7,8 @@
 //! the time. Here the weights are the GEMM's left matrix as loaded (O x I*k*k,
 //! row-major, BN folded) and im2col never exists: the image is laid out once
 //! as padded phase planes (`phase_planes`), where every row of the column
-//! matrix (one input channel at one tap) is a contiguous run the GEMM packs
-//! straight from, and the product, computed at the planes' width, is cut to
+//! matrix (one input channel at one tap) is a contiguous run the GEMM reads
+//! where it lies, and the product, computed at the planes' width, is cut to
 //! NCHW as it leaves. Bias and SiLU are applied as each tile leaves the
 //! registers. 1x1 stride-1 convolutions need no planes: the input already is
 //! that matrix.
@@ -18,8 +18,9 @@
 //! residual is added as each tile leaves the registers.
 //!
 //! The GEMM is ours (`sgemm`): the weights are packed once at load for the
-//! active SIMD level, the column matrix is packed straight from the image a
-//! block at a time, and bias, SiLU and the residual are its epilogue.
+//! active SIMD level, the column matrix is read straight from the image (or
+//! its phase planes) a block at a time, and bias, SiLU and the residual are
+//! its epilogue.
 
 use super::cpu::cpu_f32;
 use super::split_rows::{split_bases, split_row};
