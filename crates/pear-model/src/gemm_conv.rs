@@ -198,16 +198,10 @@ impl GemmConv2d {
                     for a in 0..s {
                         let y = (s * i + a).checked_sub(p).filter(|&y| y < h);
                         if s == 1 {
-                            // One phase: the padded row itself, with no split copy between.
+                            // One phase: split_row writes the padded row straight into its plane.
                             let row = &mut planes[li * wq..][..wq];
                             match y {
-                                Some(y) => {
-                                    let (pad, rest) = row.split_at_mut(p);
-                                    let (vals, pad_right) = rest.split_at_mut(w);
-                                    pad.fill(0.0);
-                                    vals.copy_from_slice(&src[y * w..(y + 1) * w]);
-                                    pad_right.fill(0.0);
-                                }
+                                Some(y) => split_row(&src[y * w..(y + 1) * w], p, 1, row),
                                 None => row.fill(0.0),
                             }
                             continue;

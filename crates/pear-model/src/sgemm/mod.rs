@@ -193,13 +193,10 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, cons
         for pc in (0..k).step_by(KC) {
             let kcur = KC.min(k - pc);
             let in_place = tile::InPlace { rows: rows[pc..].as_ptr(), first: 0 };
-            let packed = if !IN_PLACE || tail % V::LANES != 0 {
-                pack_b::<NR>(&rows[pc..pc + kcur], packed_from..jc + ncur, packed).as_ptr()
-            } else {
-                std::ptr::null()
-            };
-            // The packed panel that holds column `col` (packed is not null).
-            let panel = |col: usize| tile::Packed { data: packed.add((col - packed_from) / NR * kcur * NR), nr: NR };
+            let packed =
+                (!IN_PLACE || tail % V::LANES != 0).then(|| pack_b::<NR>(&rows[pc..pc + kcur], packed_from..jc + ncur, packed).as_ptr());
+            // The packed panel that holds column `col`.
+            let panel = |data: *const f32, col: usize| tile::Packed { data: data.add((col - packed_from) / NR * kcur * NR), nr: NR };
             let (accumulate, last) = (pc > 0, pc + kcur == k);
             let epi = last.then_some(epi);
             // Row panels outside, column panels inside: each row of C is
@@ -207,22 +204,20 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, cons
             // once per row panel, its A panel staying in L1.
             for ir in (0..m).step_by(MR) {
                 let rows_here = MR.min(m - ir);
-                let ap = a.data.as_ptr().add(ir * k + pc * rows_here);
+                let step = Step { kc: kcur, a: a.data.as_ptr().add(ir * k + pc * rows_here), accumulate, epi };
                 for jp in 0..whole {
                     let col = jc + jp * NR;
                     let at = tile::At { c, ldc, row: ir, col, rows: rows_here, cols: NR };
-                    if IN_PLACE {
-                        run_tile::<V, _, MR, NV>(kcur, ap, tile::InPlace { first: col, ..in_place }, &at, accumulate, epi);
-                    } else {
-                        run_tile::<V, _, MR, NV>(kcur, ap, panel(col), &at, accumulate, epi);
+                    match packed {
+                        Some(data) if !IN_PLACE => run_tile::<V, _, MR, NV>(&step, panel(data, col), &at),
+                        _ => run_tile::<V, _, MR, NV>(&step, tile::InPlace { first: col, ..in_place }, &at),
                     }
                 }
                 if tail > 0 {
                     let at = tile::At { c, ldc, row: ir, col: tail_at, rows: rows_here, cols: tail };
-                    if packed.is_null() {
-                        tail_tile::<V, _, MR, NV>(kcur, ap, tile::InPlace { first: tail_at, ..in_place }, &at, accumulate, epi);
-                    } else {
-                        tail_tile::<V, _, MR, NV>(kcur, ap, panel(tail_at), &at, accumulate, epi);
+                    match packed {
+                        Some(data) => tail_tile::<V, _, MR, NV>(&step, panel(data, tail_at), &at),
+                        None => tail_tile::<V, _, MR, NV>(&step, tile::InPlace { first: tail_at, ..in_place }, &at),
                     }
                 }
             }
@@ -230,33 +225,30 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, cons
     }
 }
 
-/// A last panel narrower than NR: a tile only as wide as its vectors.
-#[inline(always)]
-unsafe fn tail_tile<V: F32x, B: tile::Panel, const MR: usize, const NV: usize>(
+/// One row panel's work on one KC block: its A panel (`kc` x MR floats),
+/// whether C already holds the sums of earlier blocks, and the epilogue
+/// when this is the last block.
+struct Step<'e> {
     kc: usize,
     a: *const f32,
-    b: B,
-    at: &tile::At,
     accumulate: bool,
-    epi: Option<&Epilogue>,
-) {
+    epi: Option<&'e Epilogue<'e>>,
+}
+
+/// A last panel narrower than NR: a tile only as wide as its vectors.
+#[inline(always)]
+unsafe fn tail_tile<V: F32x, B: tile::Panel, const MR: usize, const NV: usize>(step: &Step, b: B, at: &tile::At) {
     match at.cols.div_ceil(V::LANES) {
-        1 => run_tile::<V, _, MR, 1>(kc, a, b, at, accumulate, epi),
-        2 if NV > 2 => run_tile::<V, _, MR, 2>(kc, a, b, at, accumulate, epi),
-        _ => run_tile::<V, _, MR, NV>(kc, a, b, at, accumulate, epi),
+        1 => run_tile::<V, _, MR, 1>(step, b, at),
+        2 if NV > 2 => run_tile::<V, _, MR, 2>(step, b, at),
+        _ => run_tile::<V, _, MR, NV>(step, b, at),
     }
 }
 
 /// The tile for `at.rows` rows: MR, or the fewer left in the last row panel.
 #[inline(always)]
-unsafe fn run_tile<V: F32x, B: tile::Panel, const MR: usize, const NV: usize>(
-    kc: usize,
-    a: *const f32,
-    b: B,
-    at: &tile::At,
-    accumulate: bool,
-    epi: Option<&Epilogue>,
-) {
+unsafe fn run_tile<V: F32x, B: tile::Panel, const MR: usize, const NV: usize>(step: &Step, b: B, at: &tile::At) {
+    let Step { kc, a, accumulate, epi } = *step;
     match at.rows {
         rows if rows == MR => tile::tile::<V, B, MR, NV>(kc, a, b, at, accumulate, epi),
         1 => tile::tile::<V, B, 1, NV>(kc, a, b, at, accumulate, epi),
