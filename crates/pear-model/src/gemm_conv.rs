@@ -341,6 +341,9 @@ struct PlaneColumns<'a> {
 }
 
 impl Columns for PlaneColumns<'_> {
+    fn compact(&self) -> bool {
+        true
+    }
     fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
         let (k, s, ph) = (self.conv.k, self.conv.stride, &self.ph);
         // Tap (ky, kx) of a channel reads plane (ky % s, kx % s) from row

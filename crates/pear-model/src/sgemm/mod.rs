@@ -5,9 +5,10 @@
 //! A is the weights, packed once at load into panels of MR output channels
 //! (`PackedWeights`); B is the convolution's column matrix, which the caller
 //! hands over row by row (`Columns`) and which the tile reads KC rows by NR
-//! columns at a time (im2col never exists whole): at AVX-512 where it lies,
-//! with only a call's last, narrower panel copied and padded with zeros; at
-//! the other levels from a packed copy of each block.
+//! columns at a time (im2col never exists whole): at AVX-512, when the rows
+//! lie close together (a band's phase planes), where they lie, with only a
+//! call's last, narrower panel copied and padded with zeros; otherwise from
+//! a packed copy of each block.
 //! Blocking follows the usual scheme: a KC x NR panel of B stays in L1 while
 //! MR x KC panels of A stream from L2.
 //! The tile (`tile.rs`) is written once over `F32x` and compiled per level.
@@ -99,6 +100,14 @@ impl PackedWeights {
 pub trait Columns {
     /// Every row in order, each its first `n` columns, appended to `out`.
     fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>);
+
+    /// Whether the rows lie close together (one band's phase planes), so
+    /// that reading them in place beats a packed copy. Rows far apart
+    /// (whole-image channel planes of a 1x1 kernel) are packed: read in
+    /// place they made b3 slower.
+    fn compact(&self) -> bool {
+        false
+    }
 }
 
 /// A plain row-major K x N matrix as B (tests and benches; the
@@ -156,10 +165,10 @@ pub unsafe fn gemm(a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ld
 
 /// The blocked loops around the tile, for one level's vector type and tile
 /// shape (which `shape` and the weights' packing agree on). IN_PLACE: the
-/// tile reads B's whole panels where they lie (AVX-512), else from a packed
-/// copy (AVX2 and portable). Measured on an AVX-512 host: in place, yolov8n
-/// is 1.2x faster at AVX-512 and b3 the same; at AVX2, where a panel's row
-/// is one cache line, in place made b3 1.08-1.18x slower.
+/// tile reads a compact B's whole panels where they lie (AVX-512), else
+/// from a packed copy (AVX2 and portable). Measured on an AVX-512 host: in
+/// place, yolov8n is 1.1-1.2x faster at AVX-512; at AVX2, where a panel's
+/// row is one cache line, in place made b3 1.08-1.18x slower.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, const IN_PLACE: bool>(
@@ -177,24 +186,25 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, cons
     // panel would compute its zero padding and run the scalar edge tile at
     // every block (NC = 256 is five panels and a third at AVX-512's 48).
     let nc = (NC / NR).max(1) * NR;
-    // Every row found once per call. With IN_PLACE the whole panels of
-    // each block are read where B lies (no copy: each packed panel would be
+    // Every row found once per call. In place, the whole panels of each
+    // block are read where B lies (no copy: each packed panel would be
     // read only by the M / MR row panels), and the last panel of a call,
     // narrower than NR, too when it is whole vectors; what is not read in
     // place is packed, with zeros past B's end, so no load leaves B.
     let mut rows: Vec<&[f32]> = Vec::with_capacity(k);
     b.rows(n, &mut rows);
     assert!(rows.len() == k && rows.iter().all(|r| r.len() == n), "B is K rows of N columns");
+    let read_in_place = IN_PLACE && b.compact();
     for jc in (0..n).step_by(nc) {
         let ncur = nc.min(n - jc);
         let whole = ncur / NR;
         let (tail_at, tail) = (jc + whole * NR, ncur % NR);
-        let packed_from = if IN_PLACE { tail_at } else { jc };
+        let packed_from = if read_in_place { tail_at } else { jc };
         for pc in (0..k).step_by(KC) {
             let kcur = KC.min(k - pc);
             let in_place = tile::InPlace { rows: rows[pc..].as_ptr(), first: 0 };
-            let packed =
-                (!IN_PLACE || tail % V::LANES != 0).then(|| pack_b::<NR>(&rows[pc..pc + kcur], packed_from..jc + ncur, packed).as_ptr());
+            let packed = (!read_in_place || tail % V::LANES != 0)
+                .then(|| pack_b::<NR>(&rows[pc..pc + kcur], packed_from..jc + ncur, packed).as_ptr());
             // The packed panel that holds column `col`.
             let panel = |data: *const f32, col: usize| tile::Packed { data: data.add((col - packed_from) / NR * kcur * NR), nr: NR };
             let (accumulate, last) = (pc > 0, pc + kcur == k);
@@ -209,7 +219,7 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, cons
                     let col = jc + jp * NR;
                     let at = tile::At { c, ldc, row: ir, col, rows: rows_here, cols: NR };
                     match packed {
-                        Some(data) if !IN_PLACE => run_tile::<V, _, MR, NV>(&step, panel(data, col), &at),
+                        Some(data) if !read_in_place => run_tile::<V, _, MR, NV>(&step, panel(data, col), &at),
                         _ => run_tile::<V, _, MR, NV>(&step, tile::InPlace { first: col, ..in_place }, &at),
                     }
                 }
@@ -310,6 +320,7 @@ mod tests {
             (13, 100, 300),
             (16, 1100, 64),
             (9, 80, 20),
+            (10, 40, 300),
             (37, 77, 513),
             (130, 50, 40),
             (24, 2100, 5),
@@ -334,20 +345,36 @@ mod tests {
                     let bias = bias.to_vec1::<f32>()?;
                     // C inside a wider buffer: ldc > n, and the margin must stay untouched.
                     let ldc = n + 3;
-                    let mut c = vec![f32::NAN; m * ldc];
                     let rpad: Vec<f32> = (0..m * ldc).map(|i| if i % ldc < n { rv[i / ldc * n + i % ldc] } else { 0.0 }).collect();
                     let epi = Epilogue { bias: &bias, silu, residual: residual.then_some(rpad.as_ptr()) };
-                    // SAFETY: c and rpad are m x ldc.
-                    unsafe { gemm(&packed, &RowMajor { data: &bv, cols: n }, n, c.as_mut_ptr(), ldc, &epi) };
-                    let got: Vec<f32> = c.chunks(ldc).flat_map(|r| r[..n].to_vec()).collect();
-                    assert!(c.chunks(ldc).all(|r| r[n..].iter().all(|v| v.is_nan())), "{simd} {m}x{n}x{k}: wrote past N");
                     let want = want.flatten_all()?.to_vec1::<f32>()?;
-                    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0f32, f32::max);
-                    assert!(worst < 1e-4, "{simd} {m}x{n}x{k} silu {silu} residual {residual}: {worst}");
+                    // B packed, and (at levels that read in place) read where it lies.
+                    let (plain, compact) = (RowMajor { data: &bv, cols: n }, Compact(RowMajor { data: &bv, cols: n }));
+                    for b in [&plain as &dyn Columns, &compact] {
+                        let mut c = vec![f32::NAN; m * ldc];
+                        // SAFETY: c and rpad are m x ldc.
+                        unsafe { gemm(&packed, b, n, c.as_mut_ptr(), ldc, &epi) };
+                        let got: Vec<f32> = c.chunks(ldc).flat_map(|r| r[..n].to_vec()).collect();
+                        assert!(c.chunks(ldc).all(|r| r[n..].iter().all(|v| v.is_nan())), "{simd} {m}x{n}x{k}: wrote past N");
+                        let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0f32, f32::max);
+                        assert!(worst < 1e-4, "{simd} {m}x{n}x{k} silu {silu} residual {residual}: {worst}");
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// A row-major B whose rows the GEMM may read in place.
+    struct Compact<'a>(RowMajor<'a>);
+
+    impl Columns for Compact<'_> {
+        fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
+            self.0.rows(n, out)
+        }
+        fn compact(&self) -> bool {
+            true
+        }
     }
 
     #[test]
