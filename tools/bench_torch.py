@@ -2,7 +2,7 @@
 """Times in PyTorch (CPU) the work that `cargo bench --bench model` and
 `cargo bench --bench load` time in candle.
 
-    python tools/bench_torch.py [--threads 2] [--onnx]
+    python tools/bench_torch.py [--threads 2] [--onnx] [--simd avx2]
     python tools/bench_torch.py --pipeline /tmp/orig/orig-shapes.safetensors --frames /tmp/orig/frames
 
 Layers: yolov8n at 320x256 (a 640x480 frame letterboxed at 320, conv+bn
@@ -15,6 +15,13 @@ prints the anchors a user compares us with (pip install onnx onnxruntime
 openvino). ONNX Runtime: all graph optimisations, intra-op threads =
 --threads, sequential execution. OpenVINO: CPU, LATENCY hint, f32 precision
 (no bf16 even where the CPU has it), its thread count = --threads.
+
+--simd avx2: the runtimes held to AVX2 on an AVX-512 host, to set beside
+`PEAR_SIMD=avx2 cargo bench --bench model`. It caps oneDNN (PyTorch's
+convolutions and all of OpenVINO: ONEDNN_MAX_CPU_ISA), PyTorch's own kernels
+(ATEN_CPU_CAPABILITY) and MKL's sgemm (MKL_ENABLE_INSTRUCTIONS). ONNX
+Runtime's MLAS picks its kernels from CPUID and has no such switch, so its
+figures stay at the native level; the line says so.
 
 --pipeline: the original server's whole per-image work on the bundle's own
 weights (rebuilt by tools/bundle_to_torch.py): cv2.imread of a frame,
@@ -32,10 +39,6 @@ import time
 import os
 import sys
 import tempfile
-
-import timm
-import torch
-from ultralytics.nn.tasks import DetectionModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,7 +103,18 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.5, help="fruit box threshold (the bench server's, 0.5)")
     ap.add_argument("--runs", type=int, default=32, help="images timed for --pipeline")
     ap.add_argument("--onnx", action="store_true", help="also time ONNX Runtime and OpenVINO on the same networks")
+    ap.add_argument("--simd", choices=["native", "avx2"], default="native", help="hold PyTorch and OpenVINO to AVX2")
     args = ap.parse_args()
+    if args.simd == "avx2":
+        # Read once, when the libraries load: set before the imports below.
+        os.environ.update(ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2")
+    global timm, torch, DetectionModel
+    import timm
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    print(f"simd: {args.simd} (torch reports {torch.backends.cpu.get_cpu_capability()}"
+          f"{'; onnxruntime stays native' if args.simd != 'native' and args.onnx else ''})", flush=True)
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     if args.pipeline:
@@ -114,7 +128,8 @@ def main():
     peak = {"torch": 2 * 2048**3 / timeit(lambda: a @ b) / 1e6}
     if args.onnx:
         peak["onnxruntime"] = ort_sgemm_peak(args.threads)
-    best = max(peak.values())
+    # MLAS ignores --simd: its native peak is no yardstick for an AVX2 run.
+    best = max(v for k, v in peak.items() if args.simd == "native" or k != "onnxruntime")
     print(f"sgemm_peak: {', '.join(f'{k} {v:.0f}' for k, v in peak.items())} GFLOP/s; at {best:.0f}, yolov8n_320x256 "
           f"(1.62 GFLOP) would take {1620 / best:.1f} ms, efficientnet_b3_512x740 (14.8 GFLOP) {14800 / best:.1f} ms", flush=True)
     det = DetectionModel("yolov8n.yaml", nc=2, verbose=False).eval().fuse(verbose=False)
