@@ -7,6 +7,8 @@
 
 use candle_core::{CpuStorage, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// A contiguous f32 CPU tensor's data, borrowed while the view lives.
 pub struct CpuView<'a> {
@@ -72,6 +74,72 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// While it lives, the other threads of the calling thread's rayon pool
+/// wait for work awake instead of asleep. A forward is some sixty parallel
+/// regions with short serial steps between them; rayon's idle threads sleep
+/// after a few rounds of yielding, and waking one for the next region cost
+/// a futex call and a context switch each time (a tenth of a yolov8n
+/// forward under perf). Idle, they yield the core to the OS between polls,
+/// and in the server they run at SCHED_IDLE, so they take nothing from
+/// connections. None outside a pool, or on a pool of one.
+pub fn hot_threads() -> Option<HotThreads> {
+    let caller = rayon::current_thread_index()?;
+    if rayon::current_num_threads() < 2 {
+        return None;
+    }
+    let state = Arc::new(Hot::default());
+    let shared = state.clone();
+    rayon::spawn_broadcast(move |ctx| {
+        if ctx.index() == caller {
+            return;
+        }
+        shared.waiting.fetch_add(1, Ordering::AcqRel);
+        let mut idle = 0u32;
+        while !shared.done.load(Ordering::Acquire) {
+            match rayon::yield_now() {
+                Some(rayon::Yield::Executed) => idle = 0,
+                _ if idle < 100 => {
+                    idle += 1;
+                    std::hint::spin_loop();
+                }
+                _ => std::thread::yield_now(),
+            }
+        }
+        shared.waiting.fetch_sub(1, Ordering::AcqRel);
+    });
+    Some(HotThreads(state))
+}
+
+#[derive(Default)]
+struct Hot {
+    done: AtomicBool,
+    /// Threads in the waiting loop now.
+    waiting: AtomicUsize,
+}
+
+/// `hot_threads`' guard: dropping it sends the waiting threads back to rayon
+/// and returns once none is left in the loop.
+pub struct HotThreads(Arc<Hot>);
+
+impl HotThreads {
+    /// How many threads wait for work awake now.
+    pub fn waiting(&self) -> usize {
+        self.0.waiting.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for HotThreads {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Release);
+        // A poll is short (one steal attempt or one sched_yield); a thread
+        // that had not started its loop yet sees `done` and never enters.
+        // Yields rather than spins: the waiter may need this core to finish.
+        while self.waiting() > 0 {
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// Mean over the spatial dims: (N, C, H, W) -> (N, C), channels in parallel.
 pub fn global_avg_pool(x: &Tensor) -> candle_core::Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
@@ -128,6 +196,33 @@ mod tests {
         let second = round();
         assert!(first > 10_000, "the first round maps fresh pages ({first} faults)");
         assert!(second < first / 10, "the second round reuses them: {second} faults vs {first}");
+    }
+
+    /// Inside a pool of two, the other thread waits awake while the guard
+    /// lives, parallel work still comes out right, and dropping the guard
+    /// lets it go; outside a pool, or on a pool of one, there is no guard.
+    #[test]
+    fn hot_threads_wait_awake_until_dropped() {
+        assert!(hot_threads().is_none(), "a test thread is in no pool");
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert!(one.install(hot_threads).is_none(), "a pool of one has no other thread");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for _ in 0..3 {
+            let (sum, left) = pool.install(|| {
+                let hot = hot_threads().expect("a pool of two");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while hot.waiting() != 1 {
+                    assert!(std::time::Instant::now() < deadline, "the other thread never started waiting");
+                    std::thread::yield_now();
+                }
+                let sum: u64 = (0..10_000u32).into_par_iter().with_max_len(100).map(u64::from).sum();
+                let state = hot.0.clone();
+                drop(hot);
+                (sum, state.waiting.load(Ordering::Acquire))
+            });
+            assert_eq!(sum, 10_000 * 9_999 / 2);
+            assert_eq!(left, 0, "no thread waits after the guard is dropped");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! stride) comes from EfficientNet's fixed seven-stage layout. Padding is
 //! timm's symmetric k/2 (not TF "same"), batch-norm eps is timm's 1e-5.
 
+use super::cpu::hot_threads;
 use super::layers::{global_avg_pool, Act, Conv, Linear};
 use super::weights::Weights;
 use super::{ModelError, Result};
@@ -126,6 +127,7 @@ impl EfficientNet {
 
     /// (N, 3, H, W) normalised image -> (N, classes) logits. Any H, W >= 32.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _hot = hot_threads();
         let mut x = self.stem.forward(x)?;
         for b in &self.blocks {
             x = b.forward(&x)?;

@@ -7,6 +7,7 @@
 //! SPPF pads its max-pool with -inf (not zeros), and the DFL projection is
 //! read from the checkpoint.
 
+use super::cpu::hot_threads;
 use super::dfl;
 use super::layers::{Act, Conv};
 use super::pool::max_pool_same;
@@ -238,6 +239,7 @@ impl YoloV8 {
 
     /// (N, 3, H, W) in [0, 1], H and W multiples of 32 -> (N, 4 + classes, anchors).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _hot = hot_threads();
         let x = self.b1.forward(&self.b0.forward(x)?)?;
         let x = self.b3.forward(&self.b2.forward(&x)?)?;
         let p3 = self.b4.forward(&x)?;
