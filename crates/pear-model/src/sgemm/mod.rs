@@ -73,6 +73,11 @@ impl PackedWeights {
         self.simd
     }
 
+    /// Rows per panel: where `gemm_rows` may split.
+    pub fn mr(&self) -> usize {
+        self.mr
+    }
+
     /// These weights with column p scaled by `g[p / per]` (a squeeze-excite
     /// gate on the input channels of a convolution with `per` taps each),
     /// into `out`, whose allocation is reused.
@@ -143,22 +148,35 @@ thread_local! {
 /// residual, if any, for reads in the same layout; nothing else touches
 /// those elements during the call.
 pub unsafe fn gemm(a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue) {
+    gemm_rows(a, 0..a.m, b, n, c, ldc, epi)
+}
+
+/// As `gemm`, for rows `rows` of C only (`c`, the bias and the residual
+/// still address the whole of C): threads that split a product by output
+/// channels each read only their part of A. `rows` starts and ends on a
+/// panel boundary (a multiple of `a.mr()`) or at M.
+///
+/// # Safety
+/// As `gemm`, for rows `rows` of C.
+pub unsafe fn gemm_rows(a: &PackedWeights, rows: Range<usize>, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue) {
     assert!(epi.bias.len() >= a.m, "one bias per output row");
-    if a.m == 0 || n == 0 {
+    let on_panel = |r: usize| r.is_multiple_of(a.mr) || r == a.m;
+    assert!(rows.start <= rows.end && rows.end <= a.m && on_panel(rows.start) && on_panel(rows.end), "rows start and end on panels");
+    if rows.is_empty() || n == 0 {
         return;
     }
     if a.k == 0 {
         // An empty sum: only the epilogue remains. Not a shape our networks
         // have, but a defined one.
-        tile::epilogue_only(a.m, n, c, ldc, epi);
+        tile::epilogue_only(rows, n, c, ldc, epi);
         return;
     }
     PACKED.with_borrow_mut(|packed| {
         crate::simd::at_level!(a.simd,
-            (a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue, packed: &mut Vec<f32>),
-            avx512 => drive::<vector::Avx512, 8, 3, 48, true>(a, b, n, c, ldc, epi, packed),
-            avx2 => drive::<vector::Avx2, 6, 2, 16, false>(a, b, n, c, ldc, epi, packed),
-            portable => drive::<vector::Portable, 4, 2, 8, false>(a, b, n, c, ldc, epi, packed),
+            (a: &PackedWeights, rows: Range<usize>, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue, packed: &mut Vec<f32>),
+            avx512 => drive::<vector::Avx512, 8, 3, 48, true>(a, rows, b, n, c, ldc, epi, packed),
+            avx2 => drive::<vector::Avx2, 6, 2, 16, false>(a, rows, b, n, c, ldc, epi, packed),
+            portable => drive::<vector::Portable, 4, 2, 8, false>(a, rows, b, n, c, ldc, epi, packed),
         )
     })
 }
@@ -173,6 +191,7 @@ pub unsafe fn gemm(a: &PackedWeights, b: &dyn Columns, n: usize, c: *mut f32, ld
 #[allow(clippy::too_many_arguments)]
 unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, const IN_PLACE: bool>(
     a: &PackedWeights,
+    rows_c: Range<usize>,
     b: &dyn Columns,
     n: usize,
     c: *mut f32,
@@ -181,7 +200,7 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, cons
     packed: &mut Vec<f32>,
 ) {
     debug_assert!(a.mr == MR && NR == NV * V::LANES);
-    let (m, k) = (a.m, a.k);
+    let k = a.k;
     // Whole panels of NR columns per block: a block that ended inside a
     // panel would compute its zero padding and run the scalar edge tile at
     // every block (NC = 256 is five panels and a third at AVX-512's 48).
@@ -212,8 +231,8 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, cons
             // Row panels outside, column panels inside: each row of C is
             // written left to right, and the block of B (in L2) is read
             // once per row panel, its A panel staying in L1.
-            for ir in (0..m).step_by(MR) {
-                let rows_here = MR.min(m - ir);
+            for ir in rows_c.clone().step_by(MR) {
+                let rows_here = MR.min(rows_c.end - ir);
                 let step = Step { kc: kcur, a: a.data.as_ptr().add(ir * k + pc * rows_here), accumulate, epi };
                 for jp in 0..whole {
                     let col = jc + jp * NR;
@@ -350,14 +369,23 @@ mod tests {
                     let want = want.flatten_all()?.to_vec1::<f32>()?;
                     // B packed, and (at levels that read in place) read where it lies.
                     let (plain, compact) = (RowMajor { data: &bv, cols: n }, Compact(RowMajor { data: &bv, cols: n }));
-                    for b in [&plain as &dyn Columns, &compact] {
+                    // Whole, and as two calls for the rows either side of a panel boundary.
+                    let half = (m / 2).next_multiple_of(packed.mr()).min(m);
+                    for (b, split) in [&plain as &dyn Columns, &compact].into_iter().flat_map(|b| [(b, false), (b, true)]) {
                         let mut c = vec![f32::NAN; m * ldc];
                         // SAFETY: c and rpad are m x ldc.
-                        unsafe { gemm(&packed, b, n, c.as_mut_ptr(), ldc, &epi) };
+                        unsafe {
+                            if split {
+                                gemm_rows(&packed, half..m, b, n, c.as_mut_ptr(), ldc, &epi);
+                                gemm_rows(&packed, 0..half, b, n, c.as_mut_ptr(), ldc, &epi);
+                            } else {
+                                gemm(&packed, b, n, c.as_mut_ptr(), ldc, &epi);
+                            }
+                        }
                         let got: Vec<f32> = c.chunks(ldc).flat_map(|r| r[..n].to_vec()).collect();
                         assert!(c.chunks(ldc).all(|r| r[n..].iter().all(|v| v.is_nan())), "{simd} {m}x{n}x{k}: wrote past N");
                         let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0f32, f32::max);
-                        assert!(worst < 1e-4, "{simd} {m}x{n}x{k} silu {silu} residual {residual}: {worst}");
+                        assert!(worst < 1e-4, "{simd} {m}x{n}x{k} silu {silu} residual {residual} split {split}: {worst}");
                     }
                 }
             }

@@ -191,8 +191,8 @@ unsafe fn finish(mut v: f32, e: &Epilogue, row: usize, off: usize) -> f32 {
 ///
 /// # Safety
 /// As `sgemm::gemm`.
-pub(super) unsafe fn epilogue_only(m: usize, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue) {
-    for i in 0..m {
+pub(super) unsafe fn epilogue_only(rows: std::ops::Range<usize>, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue) {
+    for i in rows {
         for j in 0..n {
             *c.add(i * ldc + j) = finish(0.0, epi, i, i * ldc + j);
         }
