@@ -9,7 +9,9 @@
 
 use super::activation::exp;
 use super::cpu::cpu_f32;
+use crate::simd::Simd;
 use candle_core::Tensor;
+use rayon::prelude::*;
 
 /// One detection level's head outputs.
 pub struct Level<'a> {
@@ -46,31 +48,20 @@ pub fn decode(levels: &[Level], proj: &[f32]) -> candle_core::Result<Tensor> {
         let (boxes, scores) = (l.boxes.contiguous()?, l.scores.contiguous()?);
         let (bv, sv) = (cpu_f32(&boxes)?, cpu_f32(&scores)?);
         let a = h * w;
-        let (mut dist, mut sum, mut peak) = (vec![0f32; 4 * a], vec![0f32; a], vec![0f32; a]);
-        let mut e = vec![0f32; reg * a];
+        let mut dist = vec![0f32; 4 * a];
         for b in 0..n {
             let img = &bv.slice()[b * 4 * reg * a..(b + 1) * 4 * reg * a];
             // Each side: softmax over its bins (max subtracted, as candle and
-            // PyTorch do), then the expectation of the bins' distances.
-            for (side, d) in img.chunks_exact(reg * a).zip(dist.chunks_exact_mut(a)) {
-                peak.copy_from_slice(&side[..a]);
-                for bin in side[a..].chunks_exact(a) {
-                    peak.iter_mut().zip(bin).for_each(|(m, &v)| *m = m.max(v));
-                }
-                sum.fill(0.0);
-                for (bin, e) in side.chunks_exact(a).zip(e.chunks_exact_mut(a)) {
-                    for (((e, &v), &m), s) in e.iter_mut().zip(bin).zip(&peak).zip(sum.iter_mut()) {
-                        *e = exp(v - m);
-                        *s += *e;
-                    }
-                }
-                d.fill(0.0);
-                for (e, &p) in e.chunks_exact(a).zip(proj) {
-                    for ((d, &e), &s) in d.iter_mut().zip(e).zip(&sum) {
-                        *d += e / s * p;
-                    }
-                }
-            }
+            // PyTorch do), then the expectation of the bins' distances. The
+            // four sides in parallel.
+            // (max(1): a level of no anchors has no chunks, and chunks of 0 are not allowed.)
+            dist.par_chunks_mut(a.max(1)).zip(img.par_chunks((reg * a).max(1))).for_each(|(d, side)| {
+                crate::simd::at_level!(Simd::active(), (side: &[f32], proj: &[f32], d: &mut [f32]),
+                    avx512 => side_distance(side, proj, d),
+                    avx2 => side_distance(side, proj, d),
+                    portable => side_distance(side, proj, d),
+                )
+            });
             let o = &mut out[b * rows * total..(b + 1) * rows * total];
             let (lt_x, rest) = dist.split_at(a);
             let (lt_y, rest) = rest.split_at(a);
@@ -94,6 +85,31 @@ pub fn decode(levels: &[Level], proj: &[f32]) -> candle_core::Result<Tensor> {
         offset += a;
     }
     Tensor::from_vec(out, (n, rows, total), first.boxes.device())
+}
+
+/// One side of every anchor of a level: `side` holds its bins' logits
+/// (bin after bin, `d.len()` anchors each), `d` gets the expected
+/// distance. Inlined into a per-level copy: at the baseline's SSE2 the
+/// exp polynomial ran 4 wide and decoding was 2 % of a yolov8n forward.
+#[inline(always)]
+fn side_distance(side: &[f32], proj: &[f32], d: &mut [f32]) {
+    let a = d.len();
+    let (mut sum, mut peak, mut e) = (vec![0f32; a], side[..a].to_vec(), vec![0f32; side.len()]);
+    for bin in side[a..].chunks_exact(a) {
+        peak.iter_mut().zip(bin).for_each(|(m, &v)| *m = m.max(v));
+    }
+    for (bin, e) in side.chunks_exact(a).zip(e.chunks_exact_mut(a)) {
+        for (((e, &v), &m), s) in e.iter_mut().zip(bin).zip(&peak).zip(sum.iter_mut()) {
+            *e = exp(v - m);
+            *s += *e;
+        }
+    }
+    d.fill(0.0);
+    for (e, &p) in e.chunks_exact(a).zip(proj) {
+        for ((d, &e), &s) in d.iter_mut().zip(e).zip(&sum) {
+            *d += e / s * p;
+        }
+    }
 }
 
 #[cfg(test)]
