@@ -5,10 +5,10 @@
 //! A is the weights, packed once at load into panels of MR output channels
 //! (`PackedWeights`); B is the convolution's column matrix, which the caller
 //! hands over row by row (`Columns`) and which the tile reads KC rows by NR
-//! columns at a time (im2col never exists whole): at AVX-512, when the rows
-//! lie close together (a band's phase planes), where they lie, with only a
-//! call's last, narrower panel copied and padded with zeros; otherwise from
-//! a packed copy of each block.
+//! columns at a time (im2col never exists whole): when the rows lie close
+//! together (a band's phase planes), where they lie, with only a call's
+//! last, narrower panel copied and padded with zeros; otherwise from a
+//! packed copy of each block.
 //! Blocking follows the usual scheme: a KC x NR panel of B stays in L1 while
 //! MR x KC panels of A stream from L2.
 //! The tile (`tile.rs`) is written once over `F32x` and compiled per level.
@@ -174,22 +174,22 @@ pub unsafe fn gemm_rows(a: &PackedWeights, rows: Range<usize>, b: &dyn Columns, 
     PACKED.with_borrow_mut(|packed| {
         crate::simd::at_level!(a.simd,
             (a: &PackedWeights, rows: Range<usize>, b: &dyn Columns, n: usize, c: *mut f32, ldc: usize, epi: &Epilogue, packed: &mut Vec<f32>),
-            avx512 => drive::<vector::Avx512, 8, 3, 48, true>(a, rows, b, n, c, ldc, epi, packed),
-            avx2 => drive::<vector::Avx2, 6, 2, 16, false>(a, rows, b, n, c, ldc, epi, packed),
-            portable => drive::<vector::Portable, 4, 2, 8, false>(a, rows, b, n, c, ldc, epi, packed),
+            avx512 => drive::<vector::Avx512, 8, 3, 48>(a, rows, b, n, c, ldc, epi, packed),
+            avx2 => drive::<vector::Avx2, 6, 2, 16>(a, rows, b, n, c, ldc, epi, packed),
+            portable => drive::<vector::Portable, 4, 2, 8>(a, rows, b, n, c, ldc, epi, packed),
         )
     })
 }
 
 /// The blocked loops around the tile, for one level's vector type and tile
-/// shape (which `shape` and the weights' packing agree on). IN_PLACE: the
-/// tile reads a compact B's whole panels where they lie (AVX-512), else
-/// from a packed copy (AVX2 and portable). Measured on an AVX-512 host: in
-/// place, yolov8n is 1.1-1.2x faster at AVX-512; at AVX2, where a panel's
-/// row is one cache line, in place made b3 1.08-1.18x slower.
+/// shape (which `shape` and the weights' packing agree on). The tile reads
+/// a compact B's whole panels where they lie, any other B from a packed
+/// copy. Measured on an AVX-512 host: in place, yolov8n is 1.1-1.2x faster
+/// at AVX-512, 1.07x held to AVX2 and 1.04x portable; every B in place
+/// made b3 1.08-1.18x slower at AVX2 (its 1x1 sources, now packed).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, const IN_PLACE: bool>(
+unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
     a: &PackedWeights,
     rows_c: Range<usize>,
     b: &dyn Columns,
@@ -213,7 +213,7 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize, cons
     let mut rows: Vec<&[f32]> = Vec::with_capacity(k);
     b.rows(n, &mut rows);
     assert!(rows.len() == k && rows.iter().all(|r| r.len() == n), "B is K rows of N columns");
-    let read_in_place = IN_PLACE && b.compact();
+    let read_in_place = b.compact();
     for jc in (0..n).step_by(nc) {
         let ncur = nc.min(n - jc);
         let whole = ncur / NR;
@@ -367,7 +367,7 @@ mod tests {
                     let rpad: Vec<f32> = (0..m * ldc).map(|i| if i % ldc < n { rv[i / ldc * n + i % ldc] } else { 0.0 }).collect();
                     let epi = Epilogue { bias: &bias, silu, residual: residual.then_some(rpad.as_ptr()) };
                     let want = want.flatten_all()?.to_vec1::<f32>()?;
-                    // B packed, and (at levels that read in place) read where it lies.
+                    // B packed, and read where it lies.
                     let (plain, compact) = (RowMajor { data: &bv, cols: n }, Compact(RowMajor { data: &bv, cols: n }));
                     // Whole, and as two calls for the rows either side of a panel boundary.
                     let half = (m / 2).next_multiple_of(packed.mr()).min(m);
