@@ -155,10 +155,9 @@ impl GemmConv2d {
             // with its own buffers. Small ones stay on this thread.
             let threads = rayon::current_num_threads();
             let bands = threads.min(oh);
+            let parallel = threads > 1 && o * n * self.in_channels * self.k * self.k >= PAR_MIN_MACS;
             let mr = weights.mr();
-            if threads < 2 || o * n * self.in_channels * self.k * self.k < PAR_MIN_MACS {
-                band(0..oh, 0..o);
-            } else if o >= n && o >= 2 * mr {
+            if parallel && o >= n && o >= 2 * mr {
                 // More output channels than pixels: the weights outweigh the
                 // image, and a band of rows would read all of them on every
                 // thread. Each thread takes whole panels of the channels
@@ -166,7 +165,7 @@ impl GemmConv2d {
                 // (their 20x16, 10x8 and 16x24 layers split so).
                 let per = o.div_ceil(threads).next_multiple_of(mr);
                 (0..o.div_ceil(per)).into_par_iter().for_each(|i| band(0..oh, i * per..((i + 1) * per).min(o)));
-            } else if bands > 1 {
+            } else if parallel && bands > 1 {
                 let per = oh.div_ceil(bands);
                 (0..oh.div_ceil(per)).into_par_iter().for_each(|i| band(i * per..((i + 1) * per).min(oh), 0..o));
             } else {
@@ -282,7 +281,7 @@ impl GemmConv2d {
                     }
                     // SAFETY: the buffer holds o x nb.
                     unsafe { sgemm::gemm_rows(weights, channels.clone(), &cols, nb, wide.as_mut_ptr(), nb, &epi) };
-                    for (o, rows) in wide.chunks_exact(nb).enumerate().take(channels.end).skip(channels.start) {
+                    for (o, rows) in channels.clone().zip(wide[channels.start * nb..].chunks_exact(nb)) {
                         for (oy, row) in oys.clone().zip(rows.chunks_exact(wq)) {
                             let at = o * n + oy * ow;
                             // SAFETY: row oy of channel o lies in this band's part of `out`.

@@ -69,9 +69,9 @@ fn shifted_max(v: &[f32], k: usize, step: usize) -> Vec<f32> {
     let mut out = v[..len].to_vec();
     let out_slice = out.as_mut_slice();
     crate::simd::at_level!(crate::simd::Simd::active(), (v: &[f32], k: usize, step: usize, out_slice: &mut [f32]),
-        avx512 => max_in(v, k, step, out_slice),
-        avx2 => max_in(v, k, step, out_slice),
-        portable => max_in(v, k, step, out_slice),
+        avx512 => max_into(v, k, step, out_slice),
+        avx2 => max_into(v, k, step, out_slice),
+        portable => max_into(v, k, step, out_slice),
     );
     out
 }
@@ -79,7 +79,7 @@ fn shifted_max(v: &[f32], k: usize, step: usize) -> Vec<f32> {
 /// Block by block, so that the k passes over a block run in L1 (the
 /// whole buffer, passed k times, was L2-bound).
 #[inline(always)]
-fn max_in(v: &[f32], k: usize, step: usize, out: &mut [f32]) {
+fn max_into(v: &[f32], k: usize, step: usize, out: &mut [f32]) {
     const BLOCK: usize = 1024;
     for (b, block) in out.chunks_mut(BLOCK).enumerate() {
         for j in 1..k {
