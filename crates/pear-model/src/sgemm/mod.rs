@@ -27,8 +27,13 @@ use vector::F32x;
 
 /// Rows of B per pass: a KC x NR panel of B is 16-48 KiB.
 const KC: usize = 256;
-/// Columns of B per block (rounded down to whole panels).
+/// Columns of B per block (rounded down to whole panels) read in place.
 const NC: usize = 256;
+/// Columns of B per packed block. Each of its K rows is then read as one
+/// 4 KiB run, which the hardware prefetcher follows; 256-column runs
+/// (1 KiB) of far-apart channel planes left the copy waiting on memory.
+/// efficientnet_b3 1.02-1.04x faster, yolov8n unchanged (A/B, AVX-512).
+const NC_PACKED: usize = 1024;
 
 /// Tile shape per level: MR output channels by NV vectors of pixels.
 /// AVX2: 6 x 16 (12 accumulators of 16 registers); AVX-512: 8 x 48
@@ -204,7 +209,7 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
     // Whole panels of NR columns per block: a block that ended inside a
     // panel would compute its zero padding and run the scalar edge tile at
     // every block (NC = 256 is five panels and a third at AVX-512's 48).
-    let nc = (NC / NR).max(1) * NR;
+    let nc = (if b.compact() { NC } else { NC_PACKED } / NR).max(1) * NR;
     // Every row found once per call. In place, the whole panels of each
     // block are read where B lies (no copy: each packed panel would be
     // read only by the M / MR row panels), and the last panel of a call,
