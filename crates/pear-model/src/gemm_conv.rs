@@ -50,6 +50,10 @@ pub struct GemmConv2d {
 /// threads): 2^18 beats 2^20 by 1.11x, 2^22 loses 1.10x.
 const PAR_MIN_MACS: usize = 1 << 18;
 
+/// Gated 1x1 convolutions with at most this many pixels per output channel
+/// scale their input as it is packed rather than the weights.
+const GATE_INPUT_MAX: usize = 4;
+
 impl GemmConv2d {
     /// `weight` has shape (O, I, k, k), `bias` (O).
     pub fn new(weight: &Tensor, bias: &Tensor, stride: usize, pad: usize, silu: bool) -> candle_core::Result<Self> {
@@ -137,18 +141,30 @@ impl GemmConv2d {
             let res = res_view.as_ref().map(|r| &r.slice()[b * o * n..(b + 1) * o * n]);
             // SAFETY: image b's o*n block lies inside the allocation.
             let out = OutPtr(unsafe { out.as_mut_ptr().add(b * o * n) });
-            // The gate scales the weights' input columns: once per image, for every band.
-            let weights: &PackedWeights = match &gate {
-                Some(g) => {
+            let gate = gate.as_ref().map(|g| &g[b * self.in_channels..(b + 1) * self.in_channels]);
+            // The gate scales either the weights' input columns, once per
+            // image and serially, or the input's rows as the GEMM packs them,
+            // in parallel, a multiply per value copied. A 1x1 kernel whose
+            // image is small next to its weights takes the second way (b3's
+            // last stages: 0.12-0.36 ms a layer less); a large image the
+            // first (its first stages: 0.1-0.6 ms less). Wider kernels read
+            // their input in place, unpacked: always the first.
+            let gate_input = self.is_pointwise() && n <= GATE_INPUT_MAX * o;
+            let weights: &PackedWeights = match gate {
+                Some(g) if !gate_input => {
                     let gated = gated.get_or_insert_with(|| PackedWeights::pack(self.packed.simd(), &[], 0, 0));
-                    self.packed.scaled_into(self.k * self.k, &g[b * self.in_channels..(b + 1) * self.in_channels], gated);
+                    self.packed.scaled_into(self.k * self.k, g, gated);
                     gated
                 }
-                None => &self.packed,
+                _ => &self.packed,
             };
             // Kernels wider than 1x1 (and strided ones) read the image as
             // padded phase planes, each band laying out the rows it reads.
-            let source = if self.is_pointwise() { Source::Parts(&imgs) } else { Source::Planes { imgs: &imgs, h, w } };
+            let source = if self.is_pointwise() {
+                Source::Parts { imgs: &imgs, gate: gate.filter(|_| gate_input) }
+            } else {
+                Source::Planes { imgs: &imgs, h, w }
+            };
             let band = |oys: Range<usize>, channels: Range<usize>| self.band(weights, source, oys, channels, oh, ow, out, res);
             // One parallel region per convolution: each thread convolves a band
             // of output rows start to end (phase planes, GEMM, bias/SiLU/residual),
@@ -253,9 +269,9 @@ impl GemmConv2d {
     ) {
         let n = oh * ow;
         match source {
-            Source::Parts(imgs) => {
+            Source::Parts { imgs, gate } => {
                 let (col0, nb) = (oys.start * ow, oys.len() * ow);
-                let cols = PartColumns { imgs, first: col0 };
+                let cols = PartColumns { imgs, first: col0, gate };
                 let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: residual.map(|r| r[col0..].as_ptr()) };
                 // SAFETY: `out` is o x n row-major; this band writes only its
                 // columns [col0, col0 + nb) of each row (bands are disjoint),
@@ -317,22 +333,27 @@ struct Phases<'a> {
 }
 
 /// The image a convolution reads: its parts as given (1x1 kernels, whose
-/// column matrix the image already is), or all channels to be laid out as
-/// phase planes, band by band.
+/// column matrix the image already is) with the gate on its channels, or
+/// all channels to be laid out as phase planes, band by band.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    Parts(&'a [(&'a [f32], usize)]),
+    Parts { imgs: &'a [(&'a [f32], usize)], gate: Option<&'a [f32]> },
     Planes { imgs: &'a [(&'a [f32], usize)], h: usize, w: usize },
 }
 
 /// A band's column matrix for a 1x1 stride-1 kernel: row r is input channel
-/// r (counted across the parts) from the band's first pixel `first` on.
+/// r (counted across the parts) from the band's first pixel `first` on,
+/// times `gate[r]` when gated.
 struct PartColumns<'a> {
     imgs: &'a [(&'a [f32], usize)],
     first: usize,
+    gate: Option<&'a [f32]>,
 }
 
 impl Columns for PartColumns<'_> {
+    fn scale(&self) -> Option<&[f32]> {
+        self.gate
+    }
     fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
         for &(img, ch) in self.imgs {
             let plane = img.len() / ch;

@@ -118,6 +118,13 @@ pub trait Columns {
     fn compact(&self) -> bool {
         false
     }
+
+    /// A factor per row that B's rows are to be multiplied by (a
+    /// squeeze-excite gate on a 1x1 convolution's input channels), applied
+    /// as B is packed. Rows with factors are always packed.
+    fn scale(&self) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// A plain row-major K x N matrix as B (tests and benches; the
@@ -218,7 +225,9 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
     let mut rows: Vec<&[f32]> = Vec::with_capacity(k);
     b.rows(n, &mut rows);
     assert!(rows.len() == k && rows.iter().all(|r| r.len() == n), "B is K rows of N columns");
-    let read_in_place = b.compact();
+    let scale = b.scale();
+    assert!(scale.is_none_or(|s| s.len() == k), "one factor per row of B");
+    let read_in_place = b.compact() && scale.is_none();
     for jc in (0..n).step_by(nc) {
         let ncur = nc.min(n - jc);
         let whole = ncur / NR;
@@ -228,7 +237,7 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
             let kcur = KC.min(k - pc);
             let in_place = tile::InPlace { rows: rows[pc..].as_ptr(), first: 0 };
             let packed = (!read_in_place || tail % V::LANES != 0)
-                .then(|| pack_b::<NR>(&rows[pc..pc + kcur], packed_from..jc + ncur, packed).as_ptr());
+                .then(|| pack_b::<NR>(&rows[pc..pc + kcur], scale.map(|s| &s[pc..pc + kcur]), packed_from..jc + ncur, packed).as_ptr());
             // The packed panel that holds column `col`.
             let panel = |data: *const f32, col: usize| tile::Packed { data: data.add((col - packed_from) / NR * kcur * NR), nr: NR };
             let (accumulate, last) = (pc > 0, pc + kcur == k);
@@ -295,11 +304,12 @@ unsafe fn run_tile<V: F32x, B: tile::Panel, const MR: usize, const NV: usize>(st
     }
 }
 
-/// Columns `cols` of the rows `rows` of B, as panels of NR columns: panel
-/// j holds, row after row, columns j*NR .. j*NR+NR (zero past the end).
+/// Columns `cols` of the rows `rows` of B, each times its factor in
+/// `scale` if given, as panels of NR columns: panel j holds, row after
+/// row, columns j*NR .. j*NR+NR (zero past the end).
 /// The panels start on a cache line: the tile's vector loads never split one.
 #[inline(always)]
-fn pack_b<'p, const NR: usize>(rows: &[&[f32]], cols: Range<usize>, packed: &'p mut Vec<f32>) -> &'p [f32] {
+fn pack_b<'p, const NR: usize>(rows: &[&[f32]], scale: Option<&[f32]>, cols: Range<usize>, packed: &'p mut Vec<f32>) -> &'p [f32] {
     let (kc, nc) = (rows.len(), cols.len());
     let len = nc.div_ceil(NR) * kc * NR;
     // Grown, never shrunk: a shrink would make the next, larger block
@@ -311,14 +321,19 @@ fn pack_b<'p, const NR: usize>(rows: &[&[f32]], cols: Range<usize>, packed: &'p 
     let packed = &mut packed[at..at + len];
     for (rr, row) in rows.iter().enumerate() {
         let row = &row[cols.clone()];
+        let factor = scale.map(|s| s[rr]);
+        let put = |dst: &mut [f32], src: &[f32]| match factor {
+            Some(f) => dst.iter_mut().zip(src).for_each(|(d, v)| *d = v * f),
+            None => dst.copy_from_slice(src),
+        };
         let mut chunks = row.chunks_exact(NR);
         for (j, chunk) in (&mut chunks).enumerate() {
-            packed[(j * kc + rr) * NR..][..NR].copy_from_slice(chunk);
+            put(&mut packed[(j * kc + rr) * NR..][..NR], chunk);
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
             let dst = &mut packed[((nc / NR) * kc + rr) * NR..][..NR];
-            dst[..rest.len()].copy_from_slice(rest);
+            put(&mut dst[..rest.len()], rest);
             dst[rest.len()..].fill(0.0);
         }
     }
@@ -396,6 +411,55 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// B's rows scaled as they are packed give exactly the product with
+    /// B scaled beforehand, at every level, also where B would otherwise
+    /// be read in place.
+    #[test]
+    fn scaled_rows_equal_a_prescaled_b() {
+        for simd in Simd::ALL.into_iter().filter(|s| s.runs_here()) {
+            for (m, n, k) in [(7, 50, 9), (16, 1100, 300), (3, 5, 1)] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 11) as f32 * 0.1 - 0.5).collect();
+                let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 13) as f32 * 0.1 - 0.6).collect();
+                let s: Vec<f32> = (0..k).map(|r| 0.25 + r as f32 * 0.01).collect();
+                let pre: Vec<f32> = b.iter().enumerate().map(|(i, v)| v * s[i / n]).collect();
+                let packed = PackedWeights::pack(simd, &a, m, k);
+                let bias = vec![0.5; m];
+                let epi = Epilogue { bias: &bias, silu: true, residual: None };
+                let product = |cols: &dyn Columns| {
+                    let mut c = vec![f32::NAN; m * n];
+                    // SAFETY: c is m x n.
+                    unsafe { gemm(&packed, cols, n, c.as_mut_ptr(), n, &epi) };
+                    c
+                };
+                let want = product(&RowMajor { data: &pre, cols: n });
+                assert!(want.iter().all(|v| v.is_finite()));
+                for compact in [false, true] {
+                    let got = product(&Scaled { b: RowMajor { data: &b, cols: n }, s: &s, compact });
+                    assert_eq!(got, want, "{simd} {m}x{n}x{k} compact {compact}");
+                }
+            }
+        }
+    }
+
+    /// A row-major B with a factor per row.
+    struct Scaled<'a> {
+        b: RowMajor<'a>,
+        s: &'a [f32],
+        compact: bool,
+    }
+
+    impl Columns for Scaled<'_> {
+        fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
+            self.b.rows(n, out)
+        }
+        fn compact(&self) -> bool {
+            self.compact
+        }
+        fn scale(&self) -> Option<&[f32]> {
+            Some(self.s)
+        }
     }
 
     /// A row-major B whose rows the GEMM may read in place.
