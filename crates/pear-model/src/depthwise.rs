@@ -133,7 +133,7 @@ impl DepthwiseConv2d {
             buf[..p * wp].fill(0.0);
             buf[(p + h) * wp..].fill(0.0);
             for (row, dst) in src.chunks_exact(w).zip(buf[p * wp..].chunks_exact_mut(wp)) {
-                split_row(row, p, s, dst);
+                split_row(self.simd, row, p, s, dst);
             }
             let geometry = Plane { rows: hp, wp, bases, k, stride: s, oh, ow };
             convolve_plane(self.simd, &geometry, buf, wk, self.bias[ch], self.silu, out);

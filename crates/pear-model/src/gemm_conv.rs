@@ -204,7 +204,7 @@ impl GemmConv2d {
     /// each row computed and dropped), each tap's row of the column matrix
     /// is one contiguous run of a plane. Rows past the padded image are zeros.
     fn phase_planes<'d>(&self, imgs: &[(&[f32], usize)], h: usize, w: usize, rows: Range<usize>, dst: &'d mut Vec<f32>) -> Phases<'d> {
-        let (s, p) = (self.stride, self.pad);
+        let (s, p, simd) = (self.stride, self.pad, self.packed.simd());
         let wp = w + 2 * p;
         let wq = wp.div_ceil(s);
         let plane = rows.len() * wq;
@@ -227,13 +227,13 @@ impl GemmConv2d {
                             // One phase: split_row writes the padded row straight into its plane.
                             let row = &mut planes[li * wq..][..wq];
                             match y {
-                                Some(y) => split_row(&src[y * w..(y + 1) * w], p, 1, row),
+                                Some(y) => split_row(simd, &src[y * w..(y + 1) * w], p, 1, row),
                                 None => row.fill(0.0),
                             }
                             continue;
                         }
                         if let Some(y) = y {
-                            split_row(&src[y * w..(y + 1) * w], p, s, split);
+                            split_row(simd, &src[y * w..(y + 1) * w], p, s, split);
                         }
                         for (b, &from) in phase_at.iter().enumerate() {
                             let cols = (wp - b).div_ceil(s);
