@@ -23,7 +23,7 @@
 //! its epilogue.
 
 use super::cpu::cpu_f32;
-use super::split_rows::{split_bases, split_row};
+use super::split_rows::{split_bases, split_row, stride2_phase};
 use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
 use crate::simd::Simd;
 use candle_core::Tensor;
@@ -229,6 +229,17 @@ impl GemmConv2d {
                             match y {
                                 Some(y) => split_row(simd, &src[y * w..(y + 1) * w], p, 1, row),
                                 None => row.fill(0.0),
+                            }
+                            continue;
+                        }
+                        if s == 2 {
+                            // Each column phase straight into its plane's row.
+                            for b in 0..2 {
+                                let row = &mut planes[(a * s + b) * plane + li * wq..][..wq];
+                                match y {
+                                    Some(y) => stride2_phase(simd, &src[y * w..(y + 1) * w], p, b, row),
+                                    None => row.fill(0.0),
+                                }
                             }
                             continue;
                         }

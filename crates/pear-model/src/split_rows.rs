@@ -16,21 +16,9 @@ pub(crate) fn split_row(simd: Simd, row: &[f32], p: usize, s: usize, dst: &mut [
     }
     let (w, wp) = (row.len(), row.len() + 2 * p);
     if s == 2 {
-        // The common stride. Phase a holds padded columns a, a + 2, ...,
-        // that is row[a + 2j - p]: zeros, every second value of the row
-        // from its first inside, zeros. Vector shuffles do the gather (as
-        // pad-then-deinterleave in plain code, 4 lanes wide, it was a
-        // tenth of b3's stride-2 depthwise layers).
         let (even, odd) = dst.split_at_mut(wp.div_ceil(2));
-        for (a, phase) in [(0, even), (1, odd)] {
-            let j0 = p.saturating_sub(a).div_ceil(2);
-            let first = a + 2 * j0 - p;
-            let count = if j0 < phase.len() && first < w { (w - first).div_ceil(2).min(phase.len() - j0) } else { 0 };
-            let j0 = j0.min(phase.len());
-            phase[..j0].fill(0.0);
-            every_second(simd, &row[first.min(w)..], &mut phase[j0..j0 + count]);
-            phase[j0 + count..].fill(0.0);
-        }
+        stride2_phase(simd, row, p, 0, even);
+        stride2_phase(simd, row, p, 1, odd);
         return;
     }
     // Phase q holds padded columns q, q+s, ...: zeros, then row[c - p] while
@@ -47,6 +35,24 @@ pub(crate) fn split_row(simd: Simd, row: &[f32], p: usize, s: usize, dst: &mut [
         dst[i + last..i + cols].fill(0.0);
         i += cols;
     }
+}
+
+/// Phase `a` of `row` zero-padded by `p` at stride 2, into all of `dst`:
+/// padded columns a, a + 2, ..., that is row[a + 2j - p], zero outside the
+/// row (also past the phase's last column, to `dst`'s end). The common
+/// stride: vector shuffles do the gather (as pad-then-deinterleave in plain
+/// code, 4 lanes wide, it was a tenth of b3's stride-2 depthwise layers),
+/// and the dense convolution's phase planes take each phase where it goes.
+pub(crate) fn stride2_phase(simd: Simd, row: &[f32], p: usize, a: usize, dst: &mut [f32]) {
+    let w = row.len();
+    // The phase's first column inside the row, and where in the row it is.
+    let j0 = p.saturating_sub(a).div_ceil(2);
+    let first = a + 2 * j0 - p;
+    let count = if j0 < dst.len() && first < w { (w - first).div_ceil(2).min(dst.len() - j0) } else { 0 };
+    let j0 = j0.min(dst.len());
+    dst[..j0].fill(0.0);
+    every_second(simd, &row[first.min(w)..], &mut dst[j0..j0 + count]);
+    dst[j0 + count..].fill(0.0);
 }
 
 /// `out[i] = src[2i]` for every i of `out`; `src` holds at least
