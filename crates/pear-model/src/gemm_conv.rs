@@ -289,41 +289,76 @@ impl GemmConv2d {
                 // and the residual is read in the same layout.
                 unsafe { sgemm::gemm_rows(weights, channels, &cols, nb, out.0.add(col0), n, &epi) }
             }
-            Source::Planes { imgs, h, w } => PLANES.with_borrow_mut(|planes| {
-                // This band's plane rows: its output rows, the (k - 1) / s
-                // rows below them that taps reach, and one more for the runs
-                // of the last row, which end up to k / s values past it.
-                let rows = oys.start..oys.end + (self.k - 1) / self.stride + 1;
-                let cols = PlaneColumns { conv: self, ph: self.phase_planes(imgs, h, w, rows, planes) };
-                let wq = cols.ph.wq;
-                // The product at the planes' width, into this thread's
-                // buffer; then each row's first ow pixels into the output,
-                // the residual added on the way.
-                let nb = oys.len() * wq;
-                let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: None };
-                WIDE.with_borrow_mut(|wide| {
-                    // Grown, never shrunk; only this band's channels are written and read.
-                    if wide.len() < self.out_channels * nb {
-                        wide.resize(self.out_channels * nb, 0.0);
-                    }
-                    // SAFETY: the buffer holds o x nb.
-                    unsafe { sgemm::gemm_rows(weights, channels.clone(), &cols, nb, wide.as_mut_ptr(), nb, &epi) };
-                    for (o, rows) in channels.clone().zip(wide[channels.start * nb..].chunks_exact(nb)) {
-                        for (oy, row) in oys.clone().zip(rows.chunks_exact(wq)) {
-                            let at = o * n + oy * ow;
-                            // SAFETY: row oy of channel o lies in this band's part of `out`.
-                            let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), ow) };
-                            match residual {
-                                Some(r) => dst.iter_mut().zip(&row[..ow]).zip(&r[at..at + ow]).for_each(|((d, v), r)| *d = v + r),
-                                None => dst.copy_from_slice(&row[..ow]),
-                            }
-                        }
-                    }
-                })
-            }),
+            Source::Planes { imgs, h, w } => {
+                // Rows a few at a time, so that the product at the planes'
+                // width stays in L2 until it is cut to the output.
+                let wq = (w + 2 * self.pad).div_ceil(self.stride);
+                let per = (WIDE_MAX / (channels.len() * wq).max(1)).max(MIN_PIXELS.div_ceil(wq)).max(1);
+                for first in oys.clone().step_by(per) {
+                    let oys = first..(first + per).min(oys.end);
+                    self.plane_band(weights, imgs, h, w, oys, channels.clone(), oh, ow, out, residual);
+                }
+            }
         }
     }
+
+    /// As `band`, for a kernel that reads phase planes: lays out the rows
+    /// `oys` read, multiplies into this thread's buffer at the planes'
+    /// width, and cuts each row to the output's.
+    #[allow(clippy::too_many_arguments)]
+    fn plane_band(
+        &self,
+        weights: &PackedWeights,
+        imgs: &[(&[f32], usize)],
+        h: usize,
+        w: usize,
+        oys: Range<usize>,
+        channels: Range<usize>,
+        oh: usize,
+        ow: usize,
+        out: OutPtr,
+        residual: Option<&[f32]>,
+    ) {
+        let n = oh * ow;
+        PLANES.with_borrow_mut(|planes| {
+            // This band's plane rows: its output rows, the (k - 1) / s
+            // rows below them that taps reach, and one more for the runs
+            // of the last row, which end up to k / s values past it.
+            let rows = oys.start..oys.end + (self.k - 1) / self.stride + 1;
+            let cols = PlaneColumns { conv: self, ph: self.phase_planes(imgs, h, w, rows, planes) };
+            let wq = cols.ph.wq;
+            // The product at the planes' width, into this thread's
+            // buffer; then each row's first ow pixels into the output,
+            // the residual added on the way.
+            let nb = oys.len() * wq;
+            let epi = Epilogue { bias: &self.bias, silu: self.silu, residual: None };
+            WIDE.with_borrow_mut(|wide| {
+                // Grown, never shrunk; only this band's channels are written and read.
+                if wide.len() < self.out_channels * nb {
+                    wide.resize(self.out_channels * nb, 0.0);
+                }
+                // SAFETY: the buffer holds o x nb.
+                unsafe { sgemm::gemm_rows(weights, channels.clone(), &cols, nb, wide.as_mut_ptr(), nb, &epi) };
+                for (o, rows) in channels.clone().zip(wide[channels.start * nb..].chunks_exact(nb)) {
+                    for (oy, row) in oys.clone().zip(rows.chunks_exact(wq)) {
+                        let at = o * n + oy * ow;
+                        // SAFETY: row oy of channel o lies in this band's part of `out`.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), ow) };
+                        match residual {
+                            Some(r) => dst.iter_mut().zip(&row[..ow]).zip(&r[at..at + ow]).for_each(|((d, v), r)| *d = v + r),
+                            None => dst.copy_from_slice(&row[..ow]),
+                        }
+                    }
+                }
+            })
+        })
+    }
 }
+
+/// Floats of a band's product at the planes' width: 512 KiB, in L2 with the planes.
+const WIDE_MAX: usize = 128 << 10;
+/// Pixels a band's GEMM computes at least, however many channels.
+const MIN_PIXELS: usize = 512;
 
 thread_local! {
     /// A band's phase planes, reused by every convolution on this thread.
@@ -444,6 +479,9 @@ mod tests {
             (1, 64, 100, 3, 1, 1, 6, 5, true),
             (2, 96, 100, 1, 1, 0, 7, 9, false),
             (1, 32, 72, 3, 2, 1, 9, 11, true),
+            // Bands cut into several runs of rows whose product stays in L2.
+            (1, 4, 64, 3, 2, 1, 90, 200, true),
+            (1, 3, 96, 5, 1, 2, 30, 120, false),
         ];
         // On one thread, and on three (parallel bands; parts of 40, 40 and 20 channels).
         let pools = [1, 3].map(|t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap());
