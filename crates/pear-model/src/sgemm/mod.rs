@@ -25,7 +25,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 use vector::F32x;
 
-/// Rows of B per pass: a KC x NR panel of B is 16-48 KiB.
+/// Rows of B per pass at most: a KC x NR panel of B is 16-48 KiB.
 const KC: usize = 256;
 /// Columns of B per block (rounded down to whole panels) read in place.
 const NC: usize = 256;
@@ -228,13 +228,16 @@ unsafe fn drive<V: F32x, const MR: usize, const NV: usize, const NR: usize>(
     let scale = b.scale();
     assert!(scale.is_none_or(|s| s.len() == k), "one factor per row of B");
     let read_in_place = b.compact() && scale.is_none();
+    // K in equal blocks of at most KC rows: a last block of a few rows
+    // (816 = 3 x 256 + 48 in b3) would reload and store C for little work.
+    let kc = k.div_ceil(k.div_ceil(KC));
     for jc in (0..n).step_by(nc) {
         let ncur = nc.min(n - jc);
         let whole = ncur / NR;
         let (tail_at, tail) = (jc + whole * NR, ncur % NR);
         let packed_from = if read_in_place { tail_at } else { jc };
-        for pc in (0..k).step_by(KC) {
-            let kcur = KC.min(k - pc);
+        for pc in (0..k).step_by(kc) {
+            let kcur = kc.min(k - pc);
             let in_place = tile::InPlace { rows: rows[pc..].as_ptr(), first: 0 };
             let packed = (!read_in_place || tail % V::LANES != 0)
                 .then(|| pack_b::<NR>(&rows[pc..pc + kcur], scale.map(|s| &s[pc..pc + kcur]), packed_from..jc + ncur, packed).as_ptr());
