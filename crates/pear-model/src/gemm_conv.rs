@@ -165,7 +165,8 @@ impl GemmConv2d {
             } else {
                 Source::Planes { imgs: &imgs, h, w }
             };
-            let band = |oys: Range<usize>, channels: Range<usize>| self.band(weights, source, oys, channels, oh, ow, out, res);
+            let dest = Dest { oh, ow, out, residual: res };
+            let band = |oys: Range<usize>, channels: Range<usize>| self.band(weights, source, oys, channels, dest);
             // One parallel region per convolution: each thread convolves a band
             // of output rows start to end (phase planes, GEMM, bias/SiLU/residual),
             // with its own buffers. Small ones stay on this thread.
@@ -266,18 +267,8 @@ impl GemmConv2d {
     /// Output rows `oys` of output channels `channels` of one image: the
     /// GEMM of `weights` (this convolution's, gated or not) with those rows'
     /// column matrix, bias, SiLU and the residual applied as it goes.
-    #[allow(clippy::too_many_arguments)]
-    fn band(
-        &self,
-        weights: &PackedWeights,
-        source: Source,
-        oys: Range<usize>,
-        channels: Range<usize>,
-        oh: usize,
-        ow: usize,
-        out: OutPtr,
-        residual: Option<&[f32]>,
-    ) {
+    fn band(&self, weights: &PackedWeights, source: Source, oys: Range<usize>, channels: Range<usize>, dest: Dest) {
+        let Dest { oh, ow, out, residual } = dest;
         let n = oh * ow;
         match source {
             Source::Parts { imgs, gate } => {
@@ -296,7 +287,7 @@ impl GemmConv2d {
                 let per = (WIDE_MAX / (channels.len() * wq).max(1)).max(MIN_PIXELS.div_ceil(wq)).max(1);
                 for first in oys.clone().step_by(per) {
                     let oys = first..(first + per).min(oys.end);
-                    self.plane_band(weights, imgs, h, w, oys, channels.clone(), oh, ow, out, residual);
+                    self.plane_band(weights, (imgs, h, w), oys, channels.clone(), dest);
                 }
             }
         }
@@ -305,20 +296,15 @@ impl GemmConv2d {
     /// As `band`, for a kernel that reads phase planes: lays out the rows
     /// `oys` read, multiplies into this thread's buffer at the planes'
     /// width, and cuts each row to the output's.
-    #[allow(clippy::too_many_arguments)]
     fn plane_band(
         &self,
         weights: &PackedWeights,
-        imgs: &[(&[f32], usize)],
-        h: usize,
-        w: usize,
+        image: (&[(&[f32], usize)], usize, usize),
         oys: Range<usize>,
         channels: Range<usize>,
-        oh: usize,
-        ow: usize,
-        out: OutPtr,
-        residual: Option<&[f32]>,
+        dest: Dest,
     ) {
+        let ((imgs, h, w), Dest { oh, ow, out, residual }) = (image, dest);
         let n = oh * ow;
         PLANES.with_borrow_mut(|planes| {
             // This band's plane rows: its output rows, the (k - 1) / s
@@ -433,6 +419,16 @@ impl Columns for PlaneColumns<'_> {
             }
         }
     }
+}
+
+/// Where bands write: the output (o x oh*ow per image) and the residual
+/// added to it, in the same layout.
+#[derive(Clone, Copy)]
+struct Dest<'a> {
+    oh: usize,
+    ow: usize,
+    out: OutPtr,
+    residual: Option<&'a [f32]>,
 }
 
 /// The output buffer, shared by bands that write disjoint columns.
