@@ -14,8 +14,9 @@
 //! that matrix.
 //! Three more copies are folded in: a concatenated input is given as its
 //! parts (one GEMM per part into the same output), a squeeze-excite gate
-//! scales the weights' input columns instead of the activations, and a
-//! residual is added as each tile leaves the registers.
+//! scales the weights' input columns (or, for a 1x1 kernel on a small
+//! image, the input as the GEMM packs it) instead of the activations, and
+//! a residual is added as each tile leaves the registers.
 //!
 //! The GEMM is ours (`sgemm`): the weights are packed once at load for the
 //! active SIMD level, the column matrix is read straight from the image (or
