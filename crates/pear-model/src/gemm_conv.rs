@@ -84,6 +84,12 @@ impl GemmConv2d {
         self.run(&[x], None, None)
     }
 
+    /// The width of a phase plane's rows for an image `w` wide: the padded
+    /// row's columns of one stride phase, the most any phase has.
+    fn plane_width(&self, w: usize) -> usize {
+        (w + 2 * self.pad).div_ceil(self.stride)
+    }
+
     fn out_size(&self, n: usize) -> usize {
         (n + 2 * self.pad - self.k) / self.stride + 1
     }
@@ -208,7 +214,7 @@ impl GemmConv2d {
     fn phase_planes<'d>(&self, imgs: &[(&[f32], usize)], h: usize, w: usize, rows: Range<usize>, dst: &'d mut Vec<f32>) -> Phases<'d> {
         let (s, p, simd) = (self.stride, self.pad, self.packed.simd());
         let wp = w + 2 * p;
-        let wq = wp.div_ceil(s);
+        let wq = self.plane_width(w);
         let plane = rows.len() * wq;
         let len = self.in_channels * s * s * plane;
         // Grown, never shrunk, and not zeroed: every value is written once below.
@@ -284,8 +290,8 @@ impl GemmConv2d {
             Source::Planes { imgs, h, w } => {
                 // Rows a few at a time, so that the product at the planes'
                 // width stays in L2 until it is cut to the output.
-                let wq = (w + 2 * self.pad).div_ceil(self.stride);
-                let per = (WIDE_MAX / (channels.len() * wq).max(1)).max(MIN_PIXELS.div_ceil(wq)).max(1);
+                let wq = self.plane_width(w);
+                let per = (WIDE_MAX / (channels.len() * wq).max(1)).max(MIN_PIXELS.div_ceil(wq));
                 for first in oys.clone().step_by(per) {
                     let oys = first..(first + per).min(oys.end);
                     self.plane_band(weights, (imgs, h, w), oys, channels.clone(), dest);
