@@ -53,9 +53,6 @@ impl Panel for InPlace<'_> {
     }
 }
 
-/// Largest tile of any level (8 x 48 for AVX-512), for edge tiles.
-const EDGE: usize = 8 * 48;
-
 /// `acc = A panel (kc x MR) * B panel (kc x NR)`, then C = acc (+ C if
 /// `accumulate`), then the epilogue when this was the last KC block.
 ///
@@ -106,8 +103,11 @@ pub(super) unsafe fn tile<V: F32x, B: Panel, const MR: usize, const NV: usize>(
         }
         return;
     }
-    // An edge: the whole tile into a buffer, then only what lies inside C,
-    // by whole vectors while they fit, then element by element.
+    // An edge: the whole tile into a buffer (indexing the sums by the
+    // edge's size would keep them in memory in the loop above too), then
+    // only what lies inside C, whole vectors, then the rest of each row as
+    // one masked vector (element by element, a 128x1152 product 88 wide
+    // took longer than one 96 wide).
     debug_assert!(MR * nr <= EDGE);
     let mut buf = [0f32; EDGE];
     for (i, row) in acc.iter().enumerate() {
@@ -115,43 +115,39 @@ pub(super) unsafe fn tile<V: F32x, B: Panel, const MR: usize, const NV: usize>(
             v.store(buf.as_mut_ptr().add(i * nr + j * l));
         }
     }
-    let whole = at.cols / l * l;
     for i in 0..at.rows {
         let off = (at.row + i) * at.ldc + at.col;
-        for j in (0..whole).step_by(l) {
-            let cp = at.c.add(off + j);
+        for j in (0..at.cols).step_by(l) {
+            let (cp, lanes) = (at.c.add(off + j), l.min(at.cols - j));
+            let load = |p: *const f32| if lanes == l { V::load(p) } else { V::load_part(p, lanes) };
             let mut v = V::load(buf.as_ptr().add(i * nr + j));
             if accumulate {
-                v = v.add(V::load(cp));
+                v = v.add(load(cp));
             }
             if let Some(e) = epi {
-                v = finish_vector(v, e, at.row + i, off + j);
+                v = finish_vector(v, e, at.row + i, e.residual.map(|r| load(r.add(off + j))));
             }
-            v.store(cp);
-        }
-        for j in whole..at.cols {
-            let cp = at.c.add(off + j);
-            let mut v = buf[i * nr + j];
-            if accumulate {
-                v += *cp;
+            match lanes == l {
+                true => v.store(cp),
+                false => v.store_part(cp, lanes),
             }
-            if let Some(e) = epi {
-                v = finish(v, e, at.row + i, off + j);
-            }
-            *cp = v;
         }
     }
 }
 
-/// The epilogue of one vector of row `row` at offset `off` in C.
+/// Largest tile of any level (8 x 48 for AVX-512), for edge tiles.
+const EDGE: usize = 8 * 48;
+
+/// The epilogue of one vector of row `row`, whose residual (if the
+/// epilogue has one) is `residual`.
 #[inline(always)]
-unsafe fn finish_vector<V: F32x>(v: V, e: &Epilogue, row: usize, off: usize) -> V {
+unsafe fn finish_vector<V: F32x>(v: V, e: &Epilogue, row: usize, residual: Option<V>) -> V {
     let mut v = v.add(V::splat(e.bias[row]));
     if e.silu {
         [v] = vector::silu_all([v]);
     }
-    if let Some(r) = e.residual {
-        v = v.add(V::load(r.add(off)));
+    if let Some(r) = residual {
+        v = v.add(r);
     }
     v
 }

@@ -14,6 +14,11 @@ pub(crate) trait F32x: Copy {
     unsafe fn splat(x: f32) -> Self;
     unsafe fn load(p: *const f32) -> Self;
     unsafe fn store(self, p: *mut f32);
+    /// The first `n` (< LANES) floats at `p`, zeros in the other lanes;
+    /// only those `n` need be valid.
+    unsafe fn load_part(p: *const f32, n: usize) -> Self;
+    /// The first `n` (< LANES) lanes to `p`; only those `n` need be valid.
+    unsafe fn store_part(self, p: *mut f32, n: usize);
     /// `self * b + c`, fused.
     unsafe fn mul_add(self, b: Self, c: Self) -> Self;
     unsafe fn add(self, b: Self) -> Self;
@@ -111,6 +116,14 @@ impl F32x for Portable {
         p.cast::<[f32; 4]>().write_unaligned(self.0)
     }
     #[inline(always)]
+    unsafe fn load_part(p: *const f32, n: usize) -> Self {
+        Portable(std::array::from_fn(|i| if i < n { *p.add(i) } else { 0.0 }))
+    }
+    #[inline(always)]
+    unsafe fn store_part(self, p: *mut f32, n: usize) {
+        self.0.iter().take(n).enumerate().for_each(|(i, &v)| *p.add(i) = v)
+    }
+    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Portable(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
     }
@@ -179,6 +192,14 @@ mod x86 {
             _mm256_storeu_ps(p, self.0)
         }
         #[inline(always)]
+        unsafe fn load_part(p: *const f32, n: usize) -> Self {
+            Avx2(_mm256_maskload_ps(p, first_lanes(n)))
+        }
+        #[inline(always)]
+        unsafe fn store_part(self, p: *mut f32, n: usize) {
+            _mm256_maskstore_ps(p, first_lanes(n), self.0)
+        }
+        #[inline(always)]
         unsafe fn mul_add(self, b: Self, c: Self) -> Self {
             Avx2(_mm256_fmadd_ps(self.0, b.0, c.0))
         }
@@ -221,6 +242,13 @@ mod x86 {
         }
     }
 
+    /// A mask of the first `n` of 8 lanes (their sign bits set), for
+    /// AVX2's masked loads and stores, which touch no memory elsewhere.
+    #[inline(always)]
+    unsafe fn first_lanes(n: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
     #[derive(Clone, Copy)]
     pub(crate) struct Avx512(__m512);
 
@@ -237,6 +265,14 @@ mod x86 {
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             _mm512_storeu_ps(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn load_part(p: *const f32, n: usize) -> Self {
+            Avx512(_mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p))
+        }
+        #[inline(always)]
+        unsafe fn store_part(self, p: *mut f32, n: usize) {
+            _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, self.0)
         }
         #[inline(always)]
         unsafe fn mul_add(self, b: Self, c: Self) -> Self {
@@ -278,6 +314,58 @@ mod x86 {
         unsafe fn pow2_of_rounded(t: Self) -> Self {
             let bias = _mm512_set1_epi32(127i32.wrapping_sub(ROUND.to_bits() as i32));
             Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_castps_si512(t.0), bias))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::Simd;
+
+    /// `n` floats of `src` loaded partly, plus one; stored whole into
+    /// `whole` and partly into `part`, at `simd`'s level.
+    fn round_trip(simd: Simd, src: &[f32], n: usize, whole: &mut [f32], part: &mut [f32]) {
+        crate::simd::at_level!(simd, (src: &[f32], n: usize, whole: &mut [f32], part: &mut [f32]),
+            avx512 => lanes::<Avx512>(src, n, whole, part),
+            avx2 => lanes::<Avx2>(src, n, whole, part),
+            portable => lanes::<Portable>(src, n, whole, part),
+        )
+    }
+
+    /// # Safety
+    /// The CPU runs `V`'s level; `src` and `part` hold at least `n`
+    /// floats, `whole` LANES.
+    #[inline(always)]
+    unsafe fn lanes<V: F32x>(src: &[f32], n: usize, whole: &mut [f32], part: &mut [f32]) {
+        let v = V::load_part(src.as_ptr(), n).add(V::splat(1.0));
+        v.store(whole.as_mut_ptr());
+        v.store_part(part.as_mut_ptr(), n);
+    }
+
+    /// Partial loads fill the other lanes with zeros and partial stores
+    /// write only their lanes, at every level and every width.
+    #[test]
+    fn partial_loads_and_stores_touch_only_their_lanes() {
+        for simd in Simd::ALL.into_iter().filter(|s| s.runs_here()) {
+            let lanes = match simd {
+                Simd::Avx512 => 16,
+                Simd::Avx2 => 8,
+                Simd::Portable => 4,
+            };
+            for n in 0..lanes {
+                let src: Vec<f32> = (0..n).map(|i| i as f32 * 2.0).collect();
+                let (mut whole, mut part) = (vec![f32::NAN; lanes], vec![f32::NAN; lanes]);
+                round_trip(simd, &src, n, &mut whole, &mut part);
+                for i in 0..lanes {
+                    let loaded = src.get(i).map_or(1.0, |v| v + 1.0);
+                    assert_eq!(whole[i], loaded, "{simd} n {n} lane {i}: not zero past n");
+                    match i < n {
+                        true => assert_eq!(part[i], loaded, "{simd} n {n} lane {i}"),
+                        false => assert!(part[i].is_nan(), "{simd} n {n}: lane {i} written"),
+                    }
+                }
+            }
         }
     }
 }
