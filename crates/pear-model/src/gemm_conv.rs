@@ -24,7 +24,7 @@
 //! its epilogue.
 
 use super::cpu::cpu_f32;
-use super::split_rows::{split_bases, split_row, stride2_phase};
+use super::split_rows::{phase_rows, split_bases, split_row};
 use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
 use crate::simd::Simd;
 use candle_core::Tensor;
@@ -221,6 +221,12 @@ impl GemmConv2d {
         if dst.len() < len {
             dst.resize(len, 0.0);
         }
+        // Both networks' strides, each plane row a few vector operations.
+        if s <= 2 {
+            phase_rows(simd, imgs, (h, w), p, s, rows, (wq, plane), &mut dst[..len]);
+            return Phases { data: &dst[..len], wq, plane };
+        }
+        // Any other: each padded row split once, then copied to its planes.
         // Where each column phase starts in a split row: kernel column b's base, b < s.
         let phase_at = split_bases(s, s, wp);
         let sources = imgs.iter().flat_map(|(img, c)| img[..c * h * w].chunks_exact(h * w));
@@ -231,26 +237,6 @@ impl GemmConv2d {
                 for (li, i) in rows.clone().enumerate() {
                     for a in 0..s {
                         let y = (s * i + a).checked_sub(p).filter(|&y| y < h);
-                        if s == 1 {
-                            // One phase: split_row writes the padded row straight into its plane.
-                            let row = &mut planes[li * wq..][..wq];
-                            match y {
-                                Some(y) => split_row(simd, &src[y * w..(y + 1) * w], p, 1, row),
-                                None => row.fill(0.0),
-                            }
-                            continue;
-                        }
-                        if s == 2 {
-                            // Each column phase straight into its plane's row.
-                            for b in 0..2 {
-                                let row = &mut planes[(a * s + b) * plane + li * wq..][..wq];
-                                match y {
-                                    Some(y) => stride2_phase(simd, &src[y * w..(y + 1) * w], p, b, row),
-                                    None => row.fill(0.0),
-                                }
-                            }
-                            continue;
-                        }
                         if let Some(y) = y {
                             split_row(simd, &src[y * w..(y + 1) * w], p, s, split);
                         }
