@@ -25,6 +25,7 @@
 
 use super::cpu::cpu_f32;
 use super::split_rows::{phase_rows, split_bases, split_row};
+use crate::sgemm::vector::{self, F32x};
 use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
 use crate::simd::Simd;
 use candle_core::Tensor;
@@ -319,18 +320,52 @@ impl GemmConv2d {
                 // SAFETY: the buffer holds o x nb.
                 unsafe { sgemm::gemm_rows(weights, channels.clone(), &cols, nb, wide.as_mut_ptr(), nb, &epi) };
                 for (o, rows) in channels.clone().zip(wide[channels.start * nb..].chunks_exact(nb)) {
-                    for (oy, row) in oys.clone().zip(rows.chunks_exact(wq)) {
-                        let at = o * n + oy * ow;
-                        // SAFETY: row oy of channel o lies in this band's part of `out`.
-                        let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), ow) };
-                        match residual {
-                            Some(r) => dst.iter_mut().zip(&row[..ow]).zip(&r[at..at + ow]).for_each(|((d, v), r)| *d = v + r),
-                            None => dst.copy_from_slice(&row[..ow]),
-                        }
-                    }
+                    let at = o * n + oys.start * ow;
+                    // SAFETY: rows oys of channel o lie in this band's part of `out`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), oys.len() * ow) };
+                    cut_rows(self.packed.simd(), (rows, wq), (dst, ow), residual.map(|r| &r[at..at + oys.len() * ow]));
                 }
             })
         })
+    }
+}
+
+/// `src`'s rows, `wq` apart, cut to their first `ow` values and written
+/// one after another into all of `dst`, plus `residual` (laid out as
+/// `dst`) if given. In whole vectors and one masked one a row: a memcpy
+/// call per row of 10-80 values was 4 % of yolov8n's samples under perf
+/// (this: yolov8n 0.2-0.9 % faster).
+fn cut_rows(simd: Simd, (src, wq): (&[f32], usize), (dst, ow): (&mut [f32], usize), residual: Option<&[f32]>) {
+    let rows = dst.len() / ow.max(1);
+    assert!(ow > 0 && ow <= wq && rows * ow == dst.len() && src.len() >= rows * wq, "cut_rows: whole rows of src into dst");
+    assert!(residual.is_none_or(|r| r.len() == dst.len()), "the residual is laid out as the output");
+    crate::simd::at_level!(simd, (src: &[f32], wq: usize, dst: &mut [f32], ow: usize, residual: Option<&[f32]>),
+        avx512 => cut_rows_with::<vector::Avx512>(src, wq, dst, ow, residual),
+        avx2 => cut_rows_with::<vector::Avx2>(src, wq, dst, ow, residual),
+        portable => cut_rows_with::<vector::Portable>(src, wq, dst, ow, residual),
+    )
+}
+
+/// `cut_rows` at `V`'s level.
+///
+/// # Safety
+/// The CPU runs `V`'s level; the slices are as `cut_rows` checks.
+#[inline(always)]
+unsafe fn cut_rows_with<V: F32x>(src: &[f32], wq: usize, dst: &mut [f32], ow: usize, residual: Option<&[f32]>) {
+    let l = V::LANES;
+    for (i, row) in src.chunks_exact(wq).take(dst.len() / ow).enumerate() {
+        for j in (0..ow).step_by(l) {
+            let (lanes, at) = ((ow - j).min(l), i * ow + j);
+            let load = |p: *const f32| if lanes == l { V::load(p) } else { V::load_part(p, lanes) };
+            let mut v = load(row.as_ptr().add(j));
+            if let Some(r) = residual {
+                v = v.add(load(r.as_ptr().add(at)));
+            }
+            match lanes == l {
+                true => v.store(dst.as_mut_ptr().add(at)),
+                false => v.store_part(dst.as_mut_ptr().add(at), lanes),
+            }
+        }
     }
 }
 
