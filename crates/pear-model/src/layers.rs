@@ -38,15 +38,7 @@ pub struct Conv {
 impl Conv {
     /// Conv without bias at `conv.weight`, batch norm at `bn` (eps given), padding k/2.
     pub fn load_bn(conv: &Weights, bn: &Weights, eps: f64, stride: usize, act: Act) -> Result<Self> {
-        let w = conv.get_rank("weight", 4)?;
-        let (o, ..) = w.dims4()?;
-        let gamma = bn.get_shape("weight", &[o])?;
-        let beta = bn.get_shape("bias", &[o])?;
-        let mean = bn.get_shape("running_mean", &[o])?;
-        let var = bn.get_shape("running_var", &[o])?;
-        let scale = (gamma / (var + eps)?.sqrt()?)?;
-        let w = w.broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
-        let b = (beta - (mean * &scale)?)?;
+        let (w, b) = fold_bn(conv, bn, eps)?;
         Self::from_parts(w, b, stride, act)
     }
 
@@ -113,6 +105,21 @@ impl Conv {
             }
         }
     }
+}
+
+/// The weight at `conv.weight` (bias-free) with the batch norm at `bn`
+/// folded in, and the bias that leaves.
+pub fn fold_bn(conv: &Weights, bn: &Weights, eps: f64) -> Result<(Tensor, Tensor)> {
+    let w = conv.get_rank("weight", 4)?;
+    let (o, ..) = w.dims4()?;
+    let gamma = bn.get_shape("weight", &[o])?;
+    let beta = bn.get_shape("bias", &[o])?;
+    let mean = bn.get_shape("running_mean", &[o])?;
+    let var = bn.get_shape("running_var", &[o])?;
+    let scale = (gamma / (var + eps)?.sqrt()?)?;
+    let w = w.broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
+    let b = (beta - (mean * &scale)?)?;
+    Ok((w, b))
 }
 
 /// Fully connected layer `y = x W^T + b` for (N, in) inputs.
