@@ -28,6 +28,7 @@ use super::split_rows::{phase_rows, split_bases, split_row};
 use crate::sgemm::vector::{self, F32x};
 use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
 use crate::simd::Simd;
+use crate::winograd::{self, Winograd};
 use candle_core::Tensor;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -45,6 +46,8 @@ pub struct GemmConv2d {
     stride: usize,
     pad: usize,
     silu: bool,
+    /// The same weights for F(2x2, 3x3), for a 3x3 kernel at stride 1 and padding 1.
+    winograd: Option<Arc<Winograd>>,
 }
 
 /// Convolutions with fewer multiply-adds run on one thread: waking the
@@ -69,6 +72,7 @@ impl GemmConv2d {
             candle_core::bail!("gemm conv needs a square kernel and stride >= 1, got {:?} stride {stride}", weight.dims());
         }
         let weight = weight.flatten_all()?.to_vec1::<f32>()?;
+        let winograd = (kh == 3 && stride == 1 && pad == 1 && o > 0 && i > 0).then(|| Arc::new(Winograd::new(simd, &weight, o, i)));
         Ok(GemmConv2d {
             packed: Arc::new(PackedWeights::pack(simd, &weight, o, i * kh * kw)),
             bias: Arc::new(bias.flatten_all()?.to_vec1::<f32>()?),
@@ -78,6 +82,7 @@ impl GemmConv2d {
             stride,
             pad,
             silu,
+            winograd,
         })
     }
 
@@ -170,6 +175,8 @@ impl GemmConv2d {
             // padded phase planes, each band laying out the rows it reads.
             let source = if self.is_pointwise() {
                 Source::Parts { imgs: &imgs, gate: gate.filter(|_| gate_input) }
+            } else if let Some(wg) = self.winograd.as_deref().filter(|_| gate.is_none() && imgs.len() == 1 && ow >= WINOGRAD_MIN_WIDTH) {
+                Source::Winograd { wg, img: imgs[0].0, h, w }
             } else {
                 Source::Planes { imgs: &imgs, h, w }
             };
@@ -191,7 +198,8 @@ impl GemmConv2d {
                 let per = o.div_ceil(threads).next_multiple_of(mr);
                 (0..o.div_ceil(per)).into_par_iter().for_each(|i| band(0..oh, i * per..((i + 1) * per).min(o)));
             } else if parallel && bands > 1 {
-                let per = oh.div_ceil(bands);
+                // Winograd's bands are whole tiles: an even number of rows.
+                let per = oh.div_ceil(bands).next_multiple_of(if matches!(source, Source::Winograd { .. }) { 2 } else { 1 });
                 (0..oh.div_ceil(per)).into_par_iter().for_each(|i| band(i * per..((i + 1) * per).min(oh), 0..o));
             } else {
                 band(0..oh, 0..o);
@@ -273,6 +281,10 @@ impl GemmConv2d {
                 // columns [col0, col0 + nb) of each row (bands are disjoint),
                 // and the residual is read in the same layout.
                 unsafe { sgemm::gemm_rows(weights, channels, &cols, nb, out.0.add(col0), n, &epi) }
+            }
+            Source::Winograd { wg, img, h, w } => {
+                let dest = winograd::Out { out: out.0, bias: &self.bias, silu: self.silu, residual };
+                wg.band(img, (h, w), oys, channels, &dest);
             }
             Source::Planes { imgs, h, w } => {
                 // Rows a few at a time, so that the product at the planes'
@@ -369,6 +381,10 @@ unsafe fn cut_rows_with<V: F32x>(src: &[f32], wq: usize, dst: &mut [f32], ow: us
     }
 }
 
+/// Narrowest output on which 3x3 stride-1 kernels run by Winograd:
+/// narrower, its products have too few tiles a row to fill the GEMM's panels.
+const WINOGRAD_MIN_WIDTH: usize = 16;
+
 /// Floats of a band's product at the planes' width: 512 KiB, in L2 with the planes.
 const WIDE_MAX: usize = 128 << 10;
 /// Pixels a band's GEMM computes at least, however many channels.
@@ -397,8 +413,22 @@ struct Phases<'a> {
 /// all channels to be laid out as phase planes, band by band.
 #[derive(Clone, Copy)]
 enum Source<'a> {
-    Parts { imgs: &'a [(&'a [f32], usize)], gate: Option<&'a [f32]> },
-    Planes { imgs: &'a [(&'a [f32], usize)], h: usize, w: usize },
+    Parts {
+        imgs: &'a [(&'a [f32], usize)],
+        gate: Option<&'a [f32]>,
+    },
+    Planes {
+        imgs: &'a [(&'a [f32], usize)],
+        h: usize,
+        w: usize,
+    },
+    /// A 3x3 stride-1 kernel's image, by Winograd's F(2x2, 3x3).
+    Winograd {
+        wg: &'a Winograd,
+        img: &'a [f32],
+        h: usize,
+        w: usize,
+    },
 }
 
 /// A band's column matrix for a 1x1 stride-1 kernel: row r is input channel

@@ -33,6 +33,7 @@ pub mod simd;
 mod split_rows;
 mod upsample;
 pub mod weights;
+mod winograd;
 pub mod yolo;
 
 pub use bundle::{Bundle, BundleMeta};

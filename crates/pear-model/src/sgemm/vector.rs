@@ -37,6 +37,9 @@ pub(crate) trait F32x: Copy {
     unsafe fn recip_estimate(self) -> Self;
     /// 2^n, where `t = n + ROUND` holds the integer n in its low mantissa bits.
     unsafe fn pow2_of_rounded(t: Self) -> Self;
+    /// The lanes of `self` and `b` interleaved, `self`'s first: lanes
+    /// a0 b0 a1 b1 ... of the first half, then those of the second.
+    unsafe fn zip(self, b: Self) -> (Self, Self);
 }
 
 /// x * sigmoid(x) = x / (1 + e^-x) for N vectors at once, each step done
@@ -124,6 +127,11 @@ impl F32x for Portable {
         self.0.iter().take(n).enumerate().for_each(|(i, &v)| *p.add(i) = v)
     }
     #[inline(always)]
+    unsafe fn zip(self, b: Self) -> (Self, Self) {
+        let (a, b) = (self.0, b.0);
+        (Portable([a[0], b[0], a[1], b[1]]), Portable([a[2], b[2], a[3], b[3]]))
+    }
+    #[inline(always)]
     unsafe fn mul_add(self, b: Self, c: Self) -> Self {
         Portable(std::array::from_fn(|i| self.0[i] * b.0[i] + c.0[i]))
     }
@@ -200,6 +208,12 @@ mod x86 {
             _mm256_maskstore_ps(p, first_lanes(n), self.0)
         }
         #[inline(always)]
+        unsafe fn zip(self, b: Self) -> (Self, Self) {
+            // Per 128-bit half: a0 b0 a1 b1 | a4 b4 a5 b5 and a2 b2 a3 b3 | a6 b6 a7 b7.
+            let (lo, hi) = (_mm256_unpacklo_ps(self.0, b.0), _mm256_unpackhi_ps(self.0, b.0));
+            (Avx2(_mm256_permute2f128_ps::<0x20>(lo, hi)), Avx2(_mm256_permute2f128_ps::<0x31>(lo, hi)))
+        }
+        #[inline(always)]
         unsafe fn mul_add(self, b: Self, c: Self) -> Self {
             Avx2(_mm256_fmadd_ps(self.0, b.0, c.0))
         }
@@ -273,6 +287,13 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_part(self, p: *mut f32, n: usize) {
             _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, self.0)
+        }
+        #[inline(always)]
+        unsafe fn zip(self, b: Self) -> (Self, Self) {
+            // Index i < 16 picks self's lane i, 16 + i b's.
+            let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            (Avx512(_mm512_permutex2var_ps(self.0, lo, b.0)), Avx512(_mm512_permutex2var_ps(self.0, hi, b.0)))
         }
         #[inline(always)]
         unsafe fn mul_add(self, b: Self, c: Self) -> Self {
@@ -366,6 +387,42 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// `zip` of a and b at `simd`'s level, as 2 x LANES floats.
+    fn zipped(simd: Simd, a: &[f32], b: &[f32], out: &mut [f32]) {
+        crate::simd::at_level!(simd, (a: &[f32], b: &[f32], out: &mut [f32]),
+            avx512 => zip_with::<Avx512>(a, b, out),
+            avx2 => zip_with::<Avx2>(a, b, out),
+            portable => zip_with::<Portable>(a, b, out),
+        )
+    }
+
+    /// # Safety
+    /// The CPU runs `V`'s level; `a` and `b` hold LANES floats, `out` twice that.
+    #[inline(always)]
+    unsafe fn zip_with<V: F32x>(a: &[f32], b: &[f32], out: &mut [f32]) {
+        let (lo, hi) = V::load(a.as_ptr()).zip(V::load(b.as_ptr()));
+        lo.store(out.as_mut_ptr());
+        hi.store(out.as_mut_ptr().add(V::LANES));
+    }
+
+    /// `zip` interleaves its two vectors lane by lane, at every level.
+    #[test]
+    fn zip_interleaves() {
+        for simd in Simd::ALL.into_iter().filter(|s| s.runs_here()) {
+            let lanes = match simd {
+                Simd::Avx512 => 16,
+                Simd::Avx2 => 8,
+                Simd::Portable => 4,
+            };
+            let a: Vec<f32> = (0..lanes).map(|i| i as f32).collect();
+            let b: Vec<f32> = (0..lanes).map(|i| -(i as f32) - 100.0).collect();
+            let mut out = vec![f32::NAN; 2 * lanes];
+            zipped(simd, &a, &b, &mut out);
+            let want: Vec<f32> = (0..2 * lanes).map(|i| if i % 2 == 0 { a[i / 2] } else { b[i / 2] }).collect();
+            assert_eq!(out, want, "{simd}");
         }
     }
 }
