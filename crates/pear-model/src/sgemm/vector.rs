@@ -364,16 +364,21 @@ mod tests {
         v.store_part(part.as_mut_ptr(), n);
     }
 
+    /// Floats in one vector at `simd`'s level.
+    fn lanes_at(simd: Simd) -> usize {
+        match simd {
+            Simd::Avx512 => 16,
+            Simd::Avx2 => 8,
+            Simd::Portable => 4,
+        }
+    }
+
     /// Partial loads fill the other lanes with zeros and partial stores
     /// write only their lanes, at every level and every width.
     #[test]
     fn partial_loads_and_stores_touch_only_their_lanes() {
         for simd in Simd::ALL.into_iter().filter(|s| s.runs_here()) {
-            let lanes = match simd {
-                Simd::Avx512 => 16,
-                Simd::Avx2 => 8,
-                Simd::Portable => 4,
-            };
+            let lanes = lanes_at(simd);
             for n in 0..lanes {
                 let src: Vec<f32> = (0..n).map(|i| i as f32 * 2.0).collect();
                 let (mut whole, mut part) = (vec![f32::NAN; lanes], vec![f32::NAN; lanes]);
@@ -412,11 +417,7 @@ mod tests {
     #[test]
     fn zip_interleaves() {
         for simd in Simd::ALL.into_iter().filter(|s| s.runs_here()) {
-            let lanes = match simd {
-                Simd::Avx512 => 16,
-                Simd::Avx2 => 8,
-                Simd::Portable => 4,
-            };
+            let lanes = lanes_at(simd);
             let a: Vec<f32> = (0..lanes).map(|i| i as f32).collect();
             let b: Vec<f32> = (0..lanes).map(|i| -(i as f32) - 100.0).collect();
             let mut out = vec![f32::NAN; 2 * lanes];
