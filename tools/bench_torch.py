@@ -2,7 +2,7 @@
 """Times in PyTorch (CPU) the work that `cargo bench --bench model` and
 `cargo bench --bench load` time in candle.
 
-    python tools/bench_torch.py [--threads 2] [--onnx] [--simd avx2]
+    python tools/bench_torch.py [--threads 2] [--onnx] [--simd avx2] [--against target/release/deps/model-HASH]
     python tools/bench_torch.py --pipeline /tmp/orig/orig-shapes.safetensors --frames /tmp/orig/frames
 
 Layers: yolov8n at 320x256 (a 640x480 frame letterboxed at 320, conv+bn
@@ -22,6 +22,14 @@ convolutions and all of OpenVINO: ONEDNN_MAX_CPU_ISA), PyTorch's own kernels
 (ATEN_CPU_CAPABILITY) and MKL's sgemm (MKL_ENABLE_INSTRUCTIONS). ONNX
 Runtime's MLAS picks its kernels from CPUID and has no such switch, so its
 figures stay at the native level; the line says so.
+
+--against BIN (with --onnx): our model bench binary (`cargo bench --bench
+model --no-run` names it), run for each network in turn with the two
+anchors, --pairs times (PEAR_SIMD=avx2 with --simd avx2, where OpenVINO
+is the only anchor), and the median of the pairs' ratios of ours to the
+faster anchor printed: on a shared
+host whose speed drifts within a minute, figures taken seconds apart make
+a ratio that one figure each, minutes apart, does not.
 
 --pipeline: the original server's whole per-image work on the bundle's own
 weights (rebuilt by tools/bundle_to_torch.py): cv2.imread of a frame,
@@ -104,6 +112,9 @@ def main():
     ap.add_argument("--runs", type=int, default=32, help="images timed for --pipeline")
     ap.add_argument("--onnx", action="store_true", help="also time ONNX Runtime and OpenVINO on the same networks")
     ap.add_argument("--simd", choices=["native", "avx2"], default="native", help="hold PyTorch and OpenVINO to AVX2")
+    ap.add_argument("--against", metavar="MODEL_BENCH",
+                    help="with --onnx: our `cargo bench --bench model` binary (target/release/deps/model-*), timed in turn with the anchors")
+    ap.add_argument("--pairs", type=int, default=8, help="rounds of --against (ours, then the anchors), for the median of their ratios")
     args = ap.parse_args()
     if args.simd == "avx2":
         # Read once, when the libraries load: set before the imports below.
@@ -137,8 +148,39 @@ def main():
     for name, model, x in [("yolov8n_320x256", det, torch.rand(1, 3, 256, 320)), ("efficientnet_b3_512x740", b3, torch.randn(1, 3, 740, 512))]:
         row = [f"{name}: torch {timeit(lambda: model(x)):.1f} ms"]
         if args.onnx:
-            row += anchors(name, model, x, args.threads)
+            runs = anchors(name, model, x, args.threads)
+            row += [f"{runtime} {timeit(run):.1f} ms (max rel. diff {err:.1e})" for runtime, run, err in runs]
+            if args.against:
+                row.append(against(args.against, name, args.simd, runs, args.pairs))
         print(", ".join(row), flush=True)
+
+
+def against(binary, name, simd, runs, pairs):
+    """Our model bench for `name` and the anchors in turn, `pairs` times: on
+    a shared host whose speed drifts by a quarter within a minute, the ratio
+    of two figures taken seconds apart, pair by pair, holds where one figure
+    each taken minutes apart does not."""
+    import re
+    import subprocess
+
+    env = dict(os.environ, **({"PEAR_SIMD": "avx2"} if simd == "avx2" else {}))
+    cmd = [binary, "--bench", name, "--noplot", "--warm-up-time", "1", "--measurement-time", "3"]
+    ours, best, ratios = [], [], []
+    for _ in range(pairs):
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        m = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+)", out)
+        if not m:
+            raise SystemExit(f"no criterion time for {name} in: {out[-500:]}")
+        ms = float(m.group(1)) * {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+        # MLAS ignores --simd: held to AVX2, only OpenVINO is an anchor.
+        anchor = min(timeit(run) for runtime, run, _ in runs if simd == "native" or runtime != "onnxruntime")
+        ours.append(ms)
+        best.append(anchor)
+        ratios.append(ms / anchor)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return (f"ours {statistics.median(ours):.1f} ms against the faster anchor {statistics.median(best):.1f} ms in turn, "
+            f"{pairs} pairs: ratio median {statistics.median(ratios):.2f} (quartiles {q[0]:.2f}-{q[2]:.2f}, "
+            f"range {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 def ort_sgemm_peak(threads, n=2048):
@@ -161,8 +203,9 @@ def ort_sgemm_peak(threads, n=2048):
 
 
 def anchors(name, model, x, threads):
-    """ONNX Runtime and OpenVINO on the model exported to ONNX; also checks
-    that each gives torch's output, so a fast wrong answer is not timed."""
+    """ONNX Runtime and OpenVINO on the model exported to ONNX, as (name,
+    run, max relative difference to torch's output) each, so that a fast
+    wrong answer is seen beside its time."""
     import numpy as np
     import onnxruntime as ort
     import openvino as ov
@@ -183,11 +226,11 @@ def anchors(name, model, x, threads):
     compiled = ov.Core().compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
     run_ov = lambda: req.infer({0: feed})[compiled.output(0)]
-    row = []
+    runs = []
     for runtime, run in [("onnxruntime", run_ort), ("openvino", run_ov)]:
         err = float(np.abs(run() - want).max() / (np.abs(want).max() + 1e-6))
-        row.append(f"{runtime} {timeit(run):.1f} ms (max rel. diff {err:.1e})")
-    return row
+        runs.append((runtime, run, err))
+    return runs
 
 
 if __name__ == "__main__":
