@@ -11,7 +11,7 @@
 
 use super::cpu::{cpu_f32, sum};
 use super::split_rows::{split_bases, split_row};
-use crate::sgemm::vector::{self, F32x};
+use crate::sgemm::vector::{self, F32x, MAX_LANES};
 use crate::simd::Simd;
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -190,10 +190,6 @@ struct Plane<'a> {
     oh: usize,
     ow: usize,
 }
-
-/// The widest vector of any level (AVX-512), in floats: the zero slack
-/// after the input rows, so the last partial vector of a row may load whole.
-const MAX_LANES: usize = 16;
 
 /// Output vectors accumulated side by side: eight independent FMA chains
 /// keep both FMA units busy through their latency (four left half of it

@@ -12,8 +12,8 @@
 //! on the way out. yolov8n spends half its multiply-adds in such
 //! convolutions.
 
-use crate::sgemm::vector::{self, F32x};
-use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
+use crate::sgemm::vector::{self, F32x, MAX_LANES};
+use crate::sgemm::{self, Compact, Epilogue, PackedWeights, RowMajor};
 use crate::simd::Simd;
 use crate::split_rows::phase_rows;
 use std::cell::RefCell;
@@ -43,10 +43,6 @@ pub(crate) struct Out<'a> {
 /// Floats of a step's transformed input and product together (1 MiB):
 /// tile rows are taken a few at a time so that both stay in L2.
 const STEP_MAX: usize = 256 << 10;
-
-/// The widest vector of any level, in floats: slack after buffers that
-/// whole vectors are loaded from or stored to past their last value.
-const MAX_LANES: usize = 16;
 
 thread_local! {
     /// A step's stride-2 phase planes of the padded input.
@@ -129,7 +125,7 @@ impl Winograd {
                     }
                     let epi = Epilogue { bias: &self.zeros, silu: false, residual: None };
                     for (xi, u) in self.u.iter().enumerate() {
-                        let b = Rows { data: &tiles[xi * c * ld..(xi + 1) * c * ld], ld };
+                        let b = Compact(RowMajor { data: &tiles[xi * c * ld..(xi + 1) * c * ld], cols: ld });
                         // SAFETY: the buffer holds 16 matrices of O rows of `ld`
                         // floats; this call writes rows `channels` of matrix xi.
                         unsafe { sgemm::gemm_rows(u, channels.clone(), &b, t, products.as_mut_ptr().add(xi * o * ld), ld, &epi) };
@@ -139,21 +135,6 @@ impl Winograd {
                 })
             })
         })
-    }
-}
-
-/// The 16 transformed-tile matrices' C rows, each `ld` apart, read in place.
-struct Rows<'a> {
-    data: &'a [f32],
-    ld: usize,
-}
-
-impl Columns for Rows<'_> {
-    fn compact(&self) -> bool {
-        true
-    }
-    fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
-        out.extend(self.data.chunks_exact(self.ld).map(|r| &r[..n]));
     }
 }
 

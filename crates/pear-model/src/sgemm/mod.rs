@@ -140,6 +140,19 @@ impl Columns for RowMajor<'_> {
     }
 }
 
+/// A row-major B whose rows lie close enough together to be read in place
+/// (the convolutions' own buffers of a band's rows).
+pub struct Compact<'a>(pub RowMajor<'a>);
+
+impl Columns for Compact<'_> {
+    fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
+        self.0.rows(n, out)
+    }
+    fn compact(&self) -> bool {
+        true
+    }
+}
+
 /// What happens to each finished element of C: `+ bias[row]`, then SiLU,
 /// then `+ residual` (an M x N matrix laid out as C).
 pub struct Epilogue<'a> {
@@ -462,18 +475,6 @@ mod tests {
         }
         fn scale(&self) -> Option<&[f32]> {
             Some(self.s)
-        }
-    }
-
-    /// A row-major B whose rows the GEMM may read in place.
-    struct Compact<'a>(RowMajor<'a>);
-
-    impl Columns for Compact<'_> {
-        fn rows<'s>(&'s self, n: usize, out: &mut Vec<&'s [f32]>) {
-            self.0.rows(n, out)
-        }
-        fn compact(&self) -> bool {
-            true
         }
     }
 

@@ -6,6 +6,11 @@
 
 use crate::activation::{EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN2, LOG2E, ROUND};
 
+/// The widest vector of any level (AVX-512), in floats: the slack kept
+/// after buffers that whole vectors are loaded from or stored to past
+/// their last value.
+pub(crate) const MAX_LANES: usize = 16;
+
 pub(crate) trait F32x: Copy {
     const LANES: usize;
     /// # Safety
