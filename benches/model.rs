@@ -1,6 +1,7 @@
 //! Per-image cost of the model layer: detector, classifier, whole pipeline.
 //!
 //!     cargo bench --bench model
+//!     PEAR_BENCH_LAYERS=1 cargo bench --bench model   # then each network's convolutions, layer by layer
 //!     PEAR_BENCH_BUNDLE=/tmp/orig/orig-shapes.safetensors PEAR_BENCH_IMAGES=/tmp/orig/frames \
 //!         cargo bench --bench model      # adds the whole pipeline on that bundle
 //!
@@ -86,6 +87,30 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+
+    // PEAR_BENCH_LAYERS=1: each network's convolutions layer by layer, over
+    // forwards of their own (the timing would otherwise sit in criterion's).
+    if std::env::var_os("PEAR_BENCH_LAYERS").is_some() {
+        layer_table("yolov8n_320x256", 50, || drop(pipeline.detector.forward(&x320).unwrap()));
+        layer_table("efficientnet_b3_512x740", 5, || drop(b3.forward(&x).unwrap()));
+    }
+}
+
+/// `forwards` runs of `forward` (after one unrecorded) and their layer table.
+fn layer_table(name: &str, forwards: u64, forward: impl Fn()) {
+    forward();
+    pear_model::profile::take();
+    pear_model::profile::enable(true);
+    for _ in 0..forwards {
+        forward();
+    }
+    pear_model::profile::enable(false);
+    let layers = pear_model::profile::take();
+    println!(
+        "\n{name}, per forward ({forwards} forwards, SIMD level {}):\n{}",
+        pear_model::simd::Simd::active(),
+        pear_model::profile::table(&layers, forwards)
+    );
 }
 
 criterion_group!(benches, bench);

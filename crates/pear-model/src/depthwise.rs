@@ -11,6 +11,7 @@
 
 use super::cpu::{cpu_f32, sum};
 use super::split_rows::{split_bases, split_row};
+use crate::profile;
 use crate::sgemm::vector::{self, F32x, MAX_LANES};
 use crate::simd::Simd;
 use candle_core::Tensor;
@@ -77,6 +78,17 @@ impl DepthwiseConv2d {
 
     /// The output, and its planes' means when asked (else empty).
     fn run(&self, x: &Tensor, means: bool) -> candle_core::Result<(Tensor, Vec<f32>)> {
+        let (h, w) = x.dims4().map_or((0, 0), |(_, _, h, w)| (h, w));
+        let (k, s, c) = (self.k, self.stride, self.channels);
+        let name = || format!("depthwise {k}x{k}/{s} {c} {h}x{w}");
+        // Saturating: an input smaller than the kernel is refused below;
+        // this only names and sizes the record.
+        let out = |n: usize| (n + 2 * self.pad).saturating_sub(k) / s + 1;
+        let macs = || (c * k * k * out(h) * out(w)) as u64;
+        profile::timed(name, macs, || self.run_unprofiled(x, means))
+    }
+
+    fn run_unprofiled(&self, x: &Tensor, means: bool) -> candle_core::Result<(Tensor, Vec<f32>)> {
         let (n, c, h, w) = x.dims4()?;
         if c != self.channels {
             candle_core::bail!("depthwise conv expects {} channels, got {c}", self.channels);

@@ -25,6 +25,7 @@
 
 use super::cpu::cpu_f32;
 use super::split_rows::{phase_rows, split_bases, split_row};
+use crate::profile;
 use crate::sgemm::vector::{self, F32x};
 use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
 use crate::simd::Simd;
@@ -100,6 +101,12 @@ impl GemmConv2d {
         (n + 2 * self.pad - self.k) / self.stride + 1
     }
 
+    /// The Winograd weights, when this call runs by them: one ungated
+    /// input, an output at least `WINOGRAD_MIN_WIDTH` wide.
+    fn winograd_for(&self, parts: usize, gated: bool, ow: usize) -> Option<&Winograd> {
+        self.winograd.as_deref().filter(|_| !gated && parts == 1 && ow >= WINOGRAD_MIN_WIDTH)
+    }
+
     fn is_pointwise(&self) -> bool {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
@@ -110,6 +117,21 @@ impl GemmConv2d {
     /// (squeeze-excite, folded into a copy of the weights), `residual` has the
     /// output's shape and is added after the activation.
     pub fn run(&self, parts: &[&Tensor], gate: Option<&Tensor>, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (h, w) = parts.first().and_then(|p| p.dims4().ok()).map_or((0, 0), |(_, _, h, w)| (h, w));
+        // Saturating: an input smaller than the kernel is refused below;
+        // this only names and sizes the record.
+        let out = |n: usize| (n + 2 * self.pad).saturating_sub(self.k) / self.stride + 1;
+        let name = || {
+            let (k, s, i, o) = (self.k, self.stride, self.in_channels, self.out_channels);
+            let winograd = self.winograd_for(parts.len(), gate.is_some(), out(w)).is_some();
+            let how = [(winograd, " winograd"), (gate.is_some(), " gated"), (residual.is_some(), " +residual")];
+            format!("conv {k}x{k}/{s} {i}->{o} {h}x{w}{}", how.iter().filter(|h| h.0).map(|h| h.1).collect::<String>())
+        };
+        let macs = || (self.out_channels * self.in_channels * self.k * self.k * out(h) * out(w)) as u64;
+        profile::timed(name, macs, || self.run_unprofiled(parts, gate, residual))
+    }
+
+    fn run_unprofiled(&self, parts: &[&Tensor], gate: Option<&Tensor>, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let Some(first) = parts.first() else { candle_core::bail!("conv needs an input") };
         let (batch, _, h, w) = first.dims4()?;
         let mut channels = Vec::with_capacity(parts.len());
@@ -175,7 +197,7 @@ impl GemmConv2d {
             // padded phase planes, each band laying out the rows it reads.
             let source = if self.is_pointwise() {
                 Source::Parts { imgs: &imgs, gate: gate.filter(|_| gate_input) }
-            } else if let Some(wg) = self.winograd.as_deref().filter(|_| gate.is_none() && imgs.len() == 1 && ow >= WINOGRAD_MIN_WIDTH) {
+            } else if let Some(wg) = self.winograd_for(imgs.len(), gate.is_some(), ow) {
                 Source::Winograd { wg, img: imgs[0].0, h, w }
             } else {
                 Source::Planes { imgs: &imgs, h, w }

@@ -11,7 +11,8 @@
 //! (`PEAR_SIMD` lowers it),
 //! `preprocess` and `nms` reproduce ultralytics' and PIL's image handling bit
 //! for bit, and
-//! `pipeline` strings them together the way the original server did.
+//! `pipeline` strings them together the way the original server did;
+//! `profile` times the convolutions layer by layer for the benches.
 
 pub mod annotate;
 pub mod decode;
@@ -28,6 +29,7 @@ mod nms;
 pub mod pipeline;
 mod pool;
 mod preprocess;
+pub mod profile;
 pub mod sgemm;
 pub mod simd;
 mod split_rows;
