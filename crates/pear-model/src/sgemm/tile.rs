@@ -79,26 +79,28 @@ pub(super) unsafe fn tile<V: F32x, B: Panel, const MR: usize, const NV: usize>(
         }
     }
     if at.rows == MR && at.cols == nr {
-        // The plain stores first (unrolled, the sums stay in registers), then
-        // the epilogue over the tile while it sits in L1.
+        // Row by row, each sum finished where it is (C added, bias, SiLU
+        // across the row's vectors side by side, the residual) and stored
+        // once. Storing the tile first and finishing it from L1, as before,
+        // cost every vector a second store and a load: yolov8n 1.07x and
+        // b3 1.09x faster so at AVX-512, 1.00-1.02x at AVX2 (A/B in
+        // process, outputs identical).
         for (i, row) in acc.iter().enumerate() {
-            let cp = at.c.add((at.row + i) * at.ldc + at.col);
-            for (j, &v) in row.iter().enumerate() {
-                let v = if accumulate { v.add(V::load(cp.add(j * l))) } else { v };
+            let off = (at.row + i) * at.ldc + at.col;
+            let cp = at.c.add(off);
+            let mut v: [V; NV] = std::array::from_fn(|j| if accumulate { row[j].add(V::load(cp.add(j * l))) } else { row[j] });
+            if let Some(e) = epi {
+                let b = V::splat(e.bias[at.row + i]);
+                v = v.map(|x| x.add(b));
+                if e.silu {
+                    v = vector::silu_all(v);
+                }
+                if let Some(r) = e.residual {
+                    v = std::array::from_fn(|j| v[j].add(V::load(r.add(off + j * l))));
+                }
+            }
+            for (j, v) in v.into_iter().enumerate() {
                 v.store(cp.add(j * l));
-            }
-        }
-        if let Some(e) = epi {
-            // The tile's vectors in groups, so SiLU runs several side by side.
-            const G: usize = vector::SILU_GROUP;
-            let mut f = 0;
-            while f + G <= MR * NV {
-                finish_vectors::<V, NV, G>(at, e, f);
-                f += G;
-            }
-            while f < MR * NV {
-                finish_vectors::<V, NV, 1>(at, e, f);
-                f += 1;
             }
         }
         return;
@@ -150,24 +152,6 @@ unsafe fn finish_vector<V: F32x>(v: V, e: &Epilogue, row: usize, residual: Optio
         v = v.add(r);
     }
     v
-}
-
-/// The epilogue of G vectors of a full tile in C, from its vector `first`
-/// (counted row by row, NV a row).
-#[inline(always)]
-unsafe fn finish_vectors<V: F32x, const NV: usize, const G: usize>(at: &At, e: &Epilogue, first: usize) {
-    let row = |q: usize| at.row + (first + q) / NV;
-    let off: [usize; G] = std::array::from_fn(|q| row(q) * at.ldc + at.col + (first + q) % NV * V::LANES);
-    let mut v: [V; G] = std::array::from_fn(|q| V::load(at.c.add(off[q])).add(V::splat(e.bias[row(q)])));
-    if e.silu {
-        v = vector::silu_all(v);
-    }
-    if let Some(r) = e.residual {
-        v = std::array::from_fn(|q| v[q].add(V::load(r.add(off[q]))));
-    }
-    for (v, off) in v.into_iter().zip(off) {
-        v.store(at.c.add(off));
-    }
 }
 
 /// The epilogue of one element of row `row` at offset `off` in C.
