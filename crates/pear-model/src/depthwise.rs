@@ -59,8 +59,10 @@ impl DepthwiseConv2d {
         self
     }
 
+    /// Output size along a side of `n` inputs (1 for an input narrower than
+    /// the kernel, which `run` refuses: only the profile's record sees it).
     pub fn out_size(&self, n: usize) -> usize {
-        (n + 2 * self.pad - self.k) / self.stride + 1
+        (n + 2 * self.pad).saturating_sub(self.k) / self.stride + 1
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -81,10 +83,7 @@ impl DepthwiseConv2d {
         let (h, w) = x.dims4().map_or((0, 0), |(_, _, h, w)| (h, w));
         let (k, s, c) = (self.k, self.stride, self.channels);
         let name = || format!("depthwise {k}x{k}/{s} {c} {h}x{w}");
-        // Saturating: an input smaller than the kernel is refused below;
-        // this only names and sizes the record.
-        let out = |n: usize| (n + 2 * self.pad).saturating_sub(k) / s + 1;
-        let macs = || (c * k * k * out(h) * out(w)) as u64;
+        let macs = || (c * k * k * self.out_size(h) * self.out_size(w)) as u64;
         profile::timed(name, macs, || self.run_unprofiled(x, means))
     }
 

@@ -97,8 +97,10 @@ impl GemmConv2d {
         (w + 2 * self.pad).div_ceil(self.stride)
     }
 
+    /// Output size along a side of `n` inputs (1 for an input narrower than
+    /// the kernel, which `run` refuses: only the profile's record sees it).
     fn out_size(&self, n: usize) -> usize {
-        (n + 2 * self.pad - self.k) / self.stride + 1
+        (n + 2 * self.pad).saturating_sub(self.k) / self.stride + 1
     }
 
     /// The Winograd weights, when this call runs by them: one ungated
@@ -118,16 +120,13 @@ impl GemmConv2d {
     /// output's shape and is added after the activation.
     pub fn run(&self, parts: &[&Tensor], gate: Option<&Tensor>, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let (h, w) = parts.first().and_then(|p| p.dims4().ok()).map_or((0, 0), |(_, _, h, w)| (h, w));
-        // Saturating: an input smaller than the kernel is refused below;
-        // this only names and sizes the record.
-        let out = |n: usize| (n + 2 * self.pad).saturating_sub(self.k) / self.stride + 1;
         let name = || {
             let (k, s, i, o) = (self.k, self.stride, self.in_channels, self.out_channels);
-            let winograd = self.winograd_for(parts.len(), gate.is_some(), out(w)).is_some();
+            let winograd = self.winograd_for(parts.len(), gate.is_some(), self.out_size(w)).is_some();
             let how = [(winograd, " winograd"), (gate.is_some(), " gated"), (residual.is_some(), " +residual")];
             format!("conv {k}x{k}/{s} {i}->{o} {h}x{w}{}", how.iter().filter(|h| h.0).map(|h| h.1).collect::<String>())
         };
-        let macs = || (self.out_channels * self.in_channels * self.k * self.k * out(h) * out(w)) as u64;
+        let macs = || (self.out_channels * self.in_channels * self.k * self.k * self.out_size(h) * self.out_size(w)) as u64;
         profile::timed(name, macs, || self.run_unprofiled(parts, gate, residual))
     }
 
