@@ -53,8 +53,22 @@ impl Panel for InPlace<'_> {
     }
 }
 
+/// Asks for the cache line at `p` without waiting for it; never faults.
+#[inline(always)]
+fn prefetch(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// `acc = A panel (kc x MR) * B panel (kc x NR)`, then C = acc (+ C if
 /// `accumulate`), then the epilogue when this was the last KC block.
+/// `next_a` (unless null): the A panel the next tile row reads, fetched a
+/// line at a time as this one runs.
 ///
 /// # Safety
 /// `a` holds kc*MR floats and `b` kc rows of NR; the `At` region is inside C.
@@ -66,10 +80,14 @@ pub(super) unsafe fn tile<V: F32x, B: Panel, const MR: usize, const NV: usize>(
     at: &At,
     accumulate: bool,
     epi: Option<&Epilogue>,
+    next_a: *const f32,
 ) {
     let (l, nr) = (V::LANES, NV * V::LANES);
     let mut acc = [[V::splat(0.0); NV]; MR];
     for p in 0..kc {
+        if !next_a.is_null() {
+            prefetch(next_a.wrapping_add(p * MR));
+        }
         let bv: [V; NV] = std::array::from_fn(|j| b.load::<V>(p, j * l));
         for (i, row) in acc.iter_mut().enumerate() {
             let av = V::splat(*a.add(p * MR + i));
