@@ -10,7 +10,7 @@
 //! compiled per SIMD level and chosen at run time.
 
 use super::cpu::{cpu_f32, sum};
-use super::split_rows::{split_bases, split_row};
+use super::split_rows::{self, split_bases, split_row};
 use crate::profile;
 use crate::sgemm::vector::{self, F32x, MAX_LANES};
 use crate::simd::Simd;
@@ -59,10 +59,9 @@ impl DepthwiseConv2d {
         self
     }
 
-    /// Output size along a side of `n` inputs (1 for an input narrower than
-    /// the kernel, which `run` refuses: only the profile's record sees it).
+    /// Output size along a side of `n` inputs.
     pub fn out_size(&self, n: usize) -> usize {
-        (n + 2 * self.pad).saturating_sub(self.k) / self.stride + 1
+        split_rows::out_size(n, self.k, self.pad, self.stride)
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -24,7 +24,7 @@
 //! its epilogue.
 
 use super::cpu::cpu_f32;
-use super::split_rows::{phase_rows, split_bases, split_row};
+use super::split_rows::{self, phase_rows, split_bases, split_row};
 use crate::profile;
 use crate::sgemm::vector::{self, F32x};
 use crate::sgemm::{self, Columns, Epilogue, PackedWeights};
@@ -97,10 +97,9 @@ impl GemmConv2d {
         (w + 2 * self.pad).div_ceil(self.stride)
     }
 
-    /// Output size along a side of `n` inputs (1 for an input narrower than
-    /// the kernel, which `run` refuses: only the profile's record sees it).
+    /// Output size along a side of `n` inputs.
     fn out_size(&self, n: usize) -> usize {
-        (n + 2 * self.pad).saturating_sub(self.k) / self.stride + 1
+        split_rows::out_size(n, self.k, self.pad, self.stride)
     }
 
     /// The Winograd weights, when this call runs by them: one ungated

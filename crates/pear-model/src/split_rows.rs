@@ -296,6 +296,13 @@ fn phase_row_portable(row: &[f32], p: usize, s: usize, b: usize, dst: &mut [f32]
     }
 }
 
+/// Output size along a side of `n` inputs for a k-wide kernel, padding
+/// `p`, stride `s` (1 for an input narrower than the kernel, which the
+/// convolutions refuse: only the profile's record sees it).
+pub(crate) fn out_size(n: usize, k: usize, p: usize, s: usize) -> usize {
+    (n + 2 * p).saturating_sub(k) / s + 1
+}
+
 /// Per kernel column kx of a k-wide kernel at stride s, where output column
 /// 0 reads in a split row of padded width `wp`: padded column s*ox + kx is
 /// phase kx % s, index ox + kx / s.
